@@ -1,0 +1,187 @@
+"""``vostool segment`` end to end through the CLI, and its error catalogue (exit 2, one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vostool.cli import app
+from vostool.io.frames import open_frames
+from vostool.io.masks import read_rle_video
+from vostool.io.palette import DAVIS_PALETTE
+from vostool.io.writers import OverlayWriter
+
+runner = CliRunner()
+FAST = ["--size", "128", "--device", "cpu", "--quiet"]  # a small internal size keeps the test quick
+
+
+def save_palette_png(path: Path, labels: np.ndarray) -> None:
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette(DAVIS_PALETTE)
+    image.save(path)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> dict:
+    """8 frames of 64x96 with two textured squares moving right, as a frame folder and an MP4."""
+    root = tmp_path_factory.mktemp("clip")
+    rng = np.random.default_rng(0)
+    background = (rng.random((64, 96, 3)) * 80).astype(np.uint8)
+    frames_dir = root / "frames"
+    frames_dir.mkdir()
+    frames, labels = [], []
+    for t in range(8):
+        img, lab = background.copy(), np.zeros((64, 96), np.uint8)
+        x = 10 + 3 * t
+        img[10:34, x : x + 24] = (230, 60, 40)
+        lab[10:34, x : x + 24] = 1
+        img[40:60, 60 - 2 * t : 84 - 2 * t] = (40, 200, 230)
+        lab[40:60, 60 - 2 * t : 84 - 2 * t] = 5
+        Image.fromarray(img).save(frames_dir / f"img_{t}.png")
+        frames.append(img)
+        labels.append(lab)
+    mask = root / "mask.png"
+    save_palette_png(mask, labels[0])
+    video = root / "clip.mp4"
+    with OverlayWriter(video, fps=10, alpha=0.0, contour=False) as writer:  # alpha 0: the frames themselves
+        for img in frames:
+            writer.write(img, np.zeros((64, 96), np.uint8))
+    return {"dir": frames_dir, "video": video, "mask": mask, "labels": labels, "root": root}
+
+
+def test_segment_folder_writes_every_output(clip, tmp_path):
+    out, overlay, rle = tmp_path / "masks", tmp_path / "overlay.mp4", tmp_path / "rle.json"
+    result = runner.invoke(
+        app,
+        ["segment", str(clip["dir"]), "--mask", str(clip["mask"]), "--out", str(out), "--overlay", str(overlay),
+         "--rle", str(rle), "--json", *FAST],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == 8 and summary["objects"] == [1, 5]
+    pngs = sorted(out.glob("*.png"))
+    assert [p.stem for p in pngs] == [f"img_{t}" for t in range(8)]
+    for p, truth in zip(pngs, clip["labels"]):
+        labels = np.array(Image.open(p))
+        assert Image.open(p).mode == "P" and labels.shape == (64, 96)
+        assert set(np.unique(labels)) <= {0, 1, 5}
+        iou = [((labels == k) & (truth == k)).sum() / ((labels == k) | (truth == k)).sum() for k in (1, 5)]
+        assert min(iou) > 0.7, iou  # stride-8 propagation on a tiny clip: coarse edges
+    assert len(open_frames(overlay)) == 8
+    decoded = list(read_rle_video(rle))
+    assert [name for name, _ in decoded] == [f"img_{t}" for t in range(8)]
+    np.testing.assert_array_equal(decoded[3][1], np.array(Image.open(pngs[3])))
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_segment_video_names_frames_by_number(clip, tmp_path):
+    out = tmp_path / "masks"
+    result = runner.invoke(app, ["segment", str(clip["video"]), "-m", str(clip["mask"]), "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert [p.stem for p in sorted(out.glob("*.png"))] == [f"{t:05d}" for t in range(8)]
+
+
+def test_library_api_matches_cli(clip, tmp_path):
+    import vostool
+
+    summary = vostool.segment(clip["dir"], clip["mask"], out_dir=tmp_path / "m", size=128, device="cpu")
+    assert summary.frames == 8 and summary.objects == [1, 5] and summary.fps > 0
+
+
+def run_error(args: list[str]) -> tuple[int, str]:
+    result = runner.invoke(app, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+def expect_error(args: list[str], *fragments: str) -> None:
+    code, output = run_error(args)
+    assert code == 2, output
+    assert "Traceback" not in output
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    for fragment in fragments:
+        assert fragment in output, output
+
+
+def test_error_missing_input(tmp_path, clip):
+    expect_error(["segment", str(tmp_path / "nope.mp4"), "-m", str(clip["mask"]), "-o", str(tmp_path)], "nope.mp4")
+
+
+def test_error_undecodable_video(tmp_path, clip):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("this is not a video")
+    expect_error(["segment", str(bad), "-m", str(clip["mask"]), "-o", str(tmp_path / "o")], "bad.mp4")
+
+
+def test_error_empty_folder(tmp_path, clip):
+    (tmp_path / "empty").mkdir()
+    expect_error(["segment", str(tmp_path / "empty"), "-m", str(clip["mask"]), "-o", str(tmp_path / "o")], "empty")
+
+
+def test_error_mask_size_differs(tmp_path, clip):
+    small = tmp_path / "small.png"
+    save_palette_png(small, np.ones((10, 10), np.uint8))
+    expect_error(["segment", str(clip["dir"]), "-m", str(small), "-o", str(tmp_path / "o")], "small.png", "64x96")
+
+
+def test_error_mask_without_object(tmp_path, clip):
+    blank = tmp_path / "blank.png"
+    save_palette_png(blank, np.zeros((64, 96), np.uint8))
+    expect_error(["segment", str(clip["dir"]), "-m", str(blank), "-o", str(tmp_path / "o")], "blank.png")
+
+
+def test_error_malformed_rle(tmp_path, clip):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"counts": "abc", "size": [64]}]')
+    expect_error(["segment", str(clip["dir"]), "-m", str(bad), "-o", str(tmp_path / "o")], "bad.json")
+
+
+def test_error_unknown_model(tmp_path, clip):
+    expect_error(
+        ["segment", str(clip["dir"]), "-m", str(clip["mask"]), "-o", str(tmp_path / "o"), "--model", "nope"],
+        "unknown model 'nope'", "propagate-lite0",
+    )
+
+
+def test_error_weights_not_a_checkpoint(tmp_path, clip):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x00garbage" * 100)
+    expect_error(["segment", str(clip["dir"]), "-m", str(clip["mask"]), "-o", str(tmp_path / "o"),
+                  "--weights", str(junk)], "junk.pth")
+
+
+def test_error_weights_of_another_model(tmp_path, clip):
+    import torch
+
+    other = tmp_path / "other.pth"
+    torch.save({"decoder.pred.weight": torch.zeros(1, 256, 3, 3)}, other)
+    expect_error(["segment", str(clip["dir"]), "-m", str(clip["mask"]), "-o", str(tmp_path / "o"),
+                  "--weights", str(other)], "other.pth", "missing")
+
+
+def test_error_unwritable_output_keeps_existing_files(tmp_path, clip):
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("keep me")
+    expect_error(["segment", str(clip["dir"]), "-m", str(clip["mask"]), "-o", str(blocker)], "file-not-folder")
+    assert blocker.read_text() == "keep me"
+
+
+def test_error_no_mask_and_no_output(tmp_path, clip):
+    expect_error(["segment", str(clip["dir"]), "-o", str(tmp_path / "o")], "--mask")
+    expect_error(["segment", str(clip["dir"]), "-m", str(clip["mask"])], "--out")
+
+
+def test_failed_run_leaves_no_partial_video(tmp_path, clip):
+    overlay = tmp_path / "overlay.mp4"
+    overlay.write_bytes(b"previous result")
+    blank = tmp_path / "blank.png"
+    save_palette_png(blank, np.zeros((64, 96), np.uint8))
+    run_error(["segment", str(clip["dir"]), "-m", str(blank), "--overlay", str(overlay)])
+    assert overlay.read_bytes() == b"previous result"
+    assert not list(tmp_path.glob(".tmp-*"))

@@ -1,0 +1,192 @@
+"""The streaming engine: schedule, grouping, pre/post-processing, readout, and a full run on a synthetic clip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vostool.engine.aggregate import aggregate
+from vostool.engine.core import EngineOptions, propagate
+from vostool.engine.memory import MemoryBank
+from vostool.engine.protocol import MemoryEntry, MemorySchedule, MemoryView, Preprocessing
+from vostool.engine.readout import local_topk_readout, topk_l2_readout
+from vostool.engine.transforms import Geometry, resized_size
+
+
+def entry(t: int, objects=(0,), pinned=False) -> MemoryEntry:
+    return MemoryEntry(t, key=t, values=torch.zeros(len(objects)), objects=tuple(objects), pinned=pinned)
+
+
+def test_schedule_every_n_frames_counts_from_last_write():
+    bank = MemoryBank(MemorySchedule(mem_every=5))
+    bank.add(entry(0, pinned=True), permanent=True)
+    due = [t for t in range(1, 16) if bank.due(t) == "permanent" and not bank.add(entry(t), True)]
+    assert due == [5, 10, 15]
+
+
+def test_include_last_keeps_one_temporary_frame_replaced_by_every_write():
+    bank = MemoryBank(MemorySchedule(mem_every=None, include_last=True))
+    bank.add(entry(0, pinned=True), permanent=True)
+    for t in (1, 2, 3):
+        assert bank.due(t) == "temporary"
+        bank.add(entry(t), permanent=False)
+    assert [e.frame_index for e in bank.entries] == [0, 3]
+
+
+def test_max_frames_keeps_pinned_and_drops_oldest():
+    bank = MemoryBank(MemorySchedule(mem_every=1, max_frames=3))
+    bank.add(entry(0, pinned=True), permanent=True)
+    for t in range(1, 300):
+        bank.add(entry(t), permanent=True)
+        assert len(bank) <= 3
+    assert [e.frame_index for e in bank.entries] == [0, 298, 299]
+
+
+def test_views_group_objects_by_the_frames_that_hold_them():
+    bank = MemoryBank(MemorySchedule(mem_every=1))
+    bank.add(entry(0, objects=(0, 1), pinned=True), permanent=True)
+    bank.add(entry(4, objects=(0, 1, 2), pinned=True), permanent=True)
+    bank.add(entry(5, objects=(0, 1, 2)), permanent=True)
+    views = {v.objects: v for v in bank.views([0, 1, 2])}
+    assert set(views) == {(0, 1), (2,)}
+    assert [e.frame_index for e in views[(0, 1)].entries] == [0, 4, 5]
+    assert [e.frame_index for e in views[(2,)].entries] == [4, 5]
+    assert views[(2,)].rows == [[2], [2]]
+
+
+def test_memory_view_values_selects_rows():
+    e = MemoryEntry(0, None, torch.arange(3.0), (0, 1, 2))
+    assert MemoryView([e], (2, 0), [[2, 0]]).values(0).tolist() == [2.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "size, short, resized, padded, pad",
+    [
+        ((90, 120), None, (90, 120), (96, 128), (4, 4, 3, 3)),
+        ((90, 130), 480, (480, 693), (480, 704), (5, 6, 0, 0)),
+        ((480, 854), 480, (480, 854), (480, 864), (5, 5, 0, 0)),
+        ((854, 480), 240, (427, 240), (432, 240), (0, 0, 2, 3)),
+    ],
+)
+def test_geometry_matches_the_official_resize_and_centred_padding(size, short, resized, padded, pad):
+    geom = Geometry.for_frame(size, Preprocessing(short_side=short, stride=16))
+    assert (geom.resized, geom.padded, geom.pad) == (resized, padded, pad)
+    assert resized_size(size, short) == resized
+
+
+def test_aggregate_of_one_hot_is_near_one_hot_and_sums_to_one():
+    fg = torch.zeros(2, 1, 4, 4)
+    fg[0, :, :2] = 1
+    fg[1, :, 3] = 1
+    prob = aggregate(fg)
+    assert prob.shape == (3, 1, 4, 4)
+    assert torch.allclose(prob.sum(0), torch.ones(1, 4, 4))
+    assert prob.argmax(0)[0].tolist() == [[1] * 4, [1] * 4, [0] * 4, [2] * 4]
+    assert prob.max(0).values.min() > 1 - 1e-6
+
+
+def test_topk_l2_readout_with_k_larger_than_memory_does_not_crash():
+    torch.manual_seed(0)
+    out = topk_l2_readout(torch.randn(8, 6), torch.randn(2, 4, 6), torch.randn(8, 5), top_k=20)
+    assert out.shape == (2, 4, 5) and torch.isfinite(out).all()
+
+
+def test_topk_softmax_survives_huge_scores():
+    # the official code overflows to NaN above ~88.7; ours subtracts the maximum
+    keys = torch.full((4, 3), 30.0)
+    out = topk_l2_readout(keys, torch.ones(1, 2, 3), keys[:, :2], top_k=2)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("tile", [4, 8])
+def test_local_readout_equals_brute_force(tile):
+    torch.manual_seed(1)
+    t, c, h, w, radius, k, tau = 3, 6, 11, 14, 3, 7, 0.1
+    keys = F.normalize(torch.randn(t, c, h, w), dim=1)
+    values = torch.rand(t, 2, h, w)
+    query = F.normalize(torch.randn(c, h, w), dim=0)
+    out = local_topk_readout(keys, values, query, top_k=k, radius=radius, temperature=tau, tile=tile)
+    expected = torch.zeros(2, h, w)
+    for y in range(h):
+        for x in range(w):
+            ys, xs = slice(max(0, y - radius), y + radius + 1), slice(max(0, x - radius), x + radius + 1)
+            mk = keys[:, :, ys, xs].permute(0, 2, 3, 1).reshape(-1, c)
+            mv = values[:, :, ys, xs].permute(0, 2, 3, 1).reshape(-1, 2)
+            top, idx = (mk @ query[:, y, x] / tau).topk(k)
+            expected[:, y, x] = (mv[idx] * top.softmax(0)[:, None]).sum(0)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+class ColourMatcher(torch.nn.Module):
+    """A tiny but real memory network for engine tests: keys are pixel colours at stride 8, values are
+    the masks there, readout is the engine's L2 top-k. It tracks flat-coloured objects exactly."""
+
+    preprocessing = Preprocessing(short_side=None, stride=8)
+    schedule = MemorySchedule(mem_every=1, max_frames=4)
+    top_k = 4
+
+    def encode_query(self, image):
+        return F.avg_pool2d(image, 8)[0] * 4
+
+    def memory_key(self, query):
+        return query
+
+    def encode_value(self, image, query, masks):
+        return F.avg_pool2d(masks, 8)[:, 0]
+
+    def segment(self, query, memory):
+        keys = torch.cat([e.key.flatten(1) for e in memory.entries], dim=1)
+        values = torch.cat([memory.values(i).flatten(1) for i in range(len(memory.entries))], dim=1)
+        read = topk_l2_readout(keys, values[:, None], query.flatten(1), self.top_k)
+        read = read.view(len(memory.objects), 1, *query.shape[1:])
+        return F.interpolate(read, scale_factor=8, mode="nearest")
+
+
+def moving_squares(n: int, size=(48, 64)) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    frames, labels = [], []
+    for t in range(n):
+        img = np.full((*size, 3), 40, np.uint8)
+        lab = np.zeros(size, np.uint8)
+        img[8:24, 8 + 8 * (t % 3) : 24 + 8 * (t % 3)] = (250, 20, 20)
+        lab[8:24, 8 + 8 * (t % 3) : 24 + 8 * (t % 3)] = 7
+        img[32:40, 40:56] = (20, 250, 20)
+        lab[32:40, 40:56] = 3
+        frames.append(img)
+        labels.append(lab)
+    return frames, labels
+
+
+def test_engine_tracks_objects_and_keeps_their_ids():
+    frames, truth = moving_squares(6)
+    results = list(propagate(ColourMatcher(), frames, {0: truth[0]}, num_frames=6))
+    assert [r.index for r in results] == list(range(6))
+    assert results[0].object_ids == (3, 7)
+    for r, expected in zip(results, truth):
+        assert r.labels.dtype == np.uint8
+        np.testing.assert_array_equal(r.labels, expected)
+
+
+def test_engine_introduces_objects_from_later_masks_and_outputs_background_before():
+    frames, truth = moving_squares(6)
+    only_red = np.where(truth[2] == 7, 7, 0).astype(np.uint8)
+    green_at_4 = np.where(truth[4] == 3, 3, 0).astype(np.uint8)
+    results = list(propagate(ColourMatcher(), frames, {2: only_red, 4: green_at_4}, num_frames=6))
+    assert not results[0].labels.any() and not results[1].labels.any()
+    assert set(np.unique(results[3].labels)) == {0, 7}
+    for r in results[4:]:
+        np.testing.assert_array_equal(r.labels, truth[r.index])
+
+
+def test_memory_cap_holds_on_a_long_clip():
+    frames, truth = moving_squares(40, size=(16, 16))
+    net = ColourMatcher()
+    options = EngineOptions(max_memory_frames=3)
+    from vostool.engine.core import VideoPropagator
+
+    prop = VideoPropagator(net, (16, 16), 40, "cpu", options)
+    for t, frame in enumerate(frames):
+        prop.step(frame, truth[0] if t == 0 else None)
+        assert len(prop.bank) <= 3
+    assert prop.bank.entries[0].frame_index == 0  # the annotated frame stays pinned

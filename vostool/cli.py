@@ -1,0 +1,238 @@
+"""The ``vostool`` command line: parses options, calls the library, prints.
+
+Progress and tables go to stderr so that stdout stays clean for ``--json`` in pipelines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import VostoolError
+from .models.registry import DEFAULT_MODEL, MODELS
+
+app = typer.Typer(
+    name="vostool",
+    help="Semi-supervised video object segmentation: give a video and first-frame masks, get masks for every frame.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a VostoolError into one line on stderr and its exit code (2), never a traceback."""
+    try:
+        yield
+    except VostoolError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+class FrameProgress:
+    """A Rich progress bar (frames, fps, ETA) on stderr, shown from the first processed frame on, so that
+    errors found while checking the input stay a single line."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: Progress | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[fps]:.1f} fps"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=err,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=total, fps=0.0)
+        elapsed = self.bar.tasks[self.task].elapsed or 0.0
+        self.bar.update(self.task, completed=done, total=total, fps=done / elapsed if elapsed > 0 else 0.0)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@contextlib.contextmanager
+def frame_progress(description: str, quiet: bool) -> Iterator[FrameProgress | None]:
+    """Yields a ``(done, total)`` callback for the library, or None when quiet."""
+    progress = None if quiet else FrameProgress(description)
+    try:
+        yield progress
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"vostool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """vostool: STCN, SimVOS and an offline default model on one streaming engine."""
+
+
+MODEL_HELP = f"Model name ({', '.join(MODELS)})."
+
+
+@app.command()
+def segment(
+    input: Annotated[Path, typer.Argument(help="Video file (mp4/mov/mkv/avi/webm) or folder of JPEG/PNG frames.")],
+    mask: Annotated[Optional[Path], typer.Option("--mask", "-m", help="First-frame mask: palette/grayscale PNG (values = object ids) or COCO RLE JSON.")] = None,
+    masks: Annotated[Optional[Path], typer.Option("--masks", help="Folder of masks for any frames, named like the frames; a mask at frame t introduces its new ids from t on.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write palette PNG masks here, named like the input frames.")] = None,
+    overlay: Annotated[Optional[Path], typer.Option("--overlay", help="Write an MP4 with the masks blended over the frames.")] = None,
+    rle: Annotated[Optional[Path], typer.Option("--rle", help="Write per-frame, per-object COCO RLE to this JSON file.")] = None,
+    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = DEFAULT_MODEL,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint file (overrides the registry's default).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    size: Annotated[Optional[int], typer.Option("--size", help="Internal short side in pixels (default: the model's, 480); -1 = native.")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast).")] = "fp32",
+    mem_every: Annotated[Optional[int], typer.Option("--mem-every", min=1, help="Write a frame to memory every N frames (default: the model's).")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Memory positions read per query position (default: the model's).")] = None,
+    max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", min=1, help="Cap on memory frames; annotated frames stay, the oldest others are dropped.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", envvar="VOSTOOL_OFFLINE", help="Never download checkpoints.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a one-line JSON summary on stdout.")] = False,
+) -> None:
+    """Segment the objects of the first-frame mask through a video."""
+    from .api import segment as run_segment
+
+    with user_errors(), frame_progress(f"segment {input.name}", quiet) as progress:
+        summary = run_segment(
+            input, mask, masks_dir=masks, model=model, weights=weights, device=device, size=size,
+            precision=precision, out_dir=out_dir, overlay=overlay, rle=rle, mem_every=mem_every,
+            top_k=top_k, max_memory_frames=max_memory_frames, offline=offline, progress=progress,
+        )
+    if as_json:
+        print(json.dumps(summary.to_dict()), flush=True)
+    if not quiet:
+        err.print(_summary_table(summary))
+
+
+def _summary_table(summary) -> Table:
+    table = Table(title="vostool segment", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("input", summary.input)
+    table.add_row("model", f"{summary.model} on {summary.device} ({summary.precision})")
+    table.add_row("frames", f"{summary.frames} at {summary.size[1]}x{summary.size[0]}")
+    table.add_row("objects", ", ".join(map(str, summary.objects)) or "none")
+    table.add_row("time", f"{summary.seconds:.1f} s ({summary.fps:.2f} fps)")
+    for kind, path in summary.outputs.items():
+        table.add_row(kind, path)
+    return table
+
+
+weights_app = typer.Typer(help="List, download, locate and verify released checkpoints.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+def _human_size(n: int | None, approx: bool = False) -> str:
+    if n is None:
+        return "?"
+    return ("≈" if approx else "") + f"{n / 2**20:.1f} MiB"
+
+
+@weights_app.command("list")
+def weights_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON on stdout.")] = False,
+) -> None:
+    """Every registered checkpoint: model, name, cached or not, size, source."""
+    from . import weights
+
+    rows = []
+    for ckpt in weights.list_checkpoints():
+        cached = weights.cached_path(ckpt)
+        size = (cached.stat().st_size, False) if cached else (ckpt.size_bytes or ckpt.approx_size_bytes,
+                                                                ckpt.size_bytes is None)
+        rows.append({"model": ckpt.model, "checkpoint": ckpt.name, "default": ckpt.default,
+                     "available": ckpt.model_available and ckpt.model in MODELS,
+                     "cached": str(cached) if cached else None, "size": size, "source": ckpt.source})
+    if as_json:
+        print(json.dumps([{**r, "size": r["size"][0]} for r in rows]))
+        return
+    table = Table(title=f"vostool checkpoints (cache: {weights.cache_dir()})", title_justify="left")
+    for column in ("model", "checkpoint", "cached", "size", "source"):
+        table.add_column(column)
+    for r in rows:
+        name = r["checkpoint"] + (" (default)" if r["default"] else "")
+        model = r["model"] if r["available"] else f"{r['model']} [dim](not available yet)[/]"
+        table.add_row(model, name, "yes" if r["cached"] else "no", _human_size(*r["size"]), r["source"])
+    out.print(table)
+
+
+@weights_app.command("download")
+def weights_download(
+    names: Annotated[list[str], typer.Argument(help="Checkpoint or model names (see `vostool weights list`).")],
+    force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
+    sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of the file.")] = None,
+) -> None:
+    """Download checkpoints into the cache, verifying layout (and hash) before keeping them."""
+    from . import weights
+
+    with user_errors():
+        for name in names:
+            path = weights.download(weights.get_checkpoint(name), force=force, expected_sha256=sha256)
+            err.print(f"{name}: {path}")
+
+
+@weights_app.command("path")
+def weights_path(name: Annotated[str, typer.Argument(help="Checkpoint or model name.")]) -> None:
+    """Print where a checkpoint is (or will be) cached."""
+    from . import weights
+
+    with user_errors():
+        print(weights.cache_file(weights.get_checkpoint(name)))
+
+
+@weights_app.command("verify")
+def weights_verify(
+    path: Annotated[Optional[Path], typer.Argument(help="A checkpoint file; default: every cached checkpoint.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="The model the file is for (needed for files outside the cache).")] = None,
+    sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of the file.")] = None,
+) -> None:
+    """Check a checkpoint's exact layout against its model, and its sha256 against what is known."""
+    from . import weights
+
+    with user_errors():
+        targets = [(path, model)] if path is not None else [
+            (p, c.model) for c in weights.list_checkpoints() if (p := weights.cached_path(c)) is not None
+        ]
+        if not targets:
+            err.print("no cached checkpoints to verify")
+        for file, file_model in targets:
+            result = weights.verify(file, file_model, expected_sha256=sha256)
+            matched = ", ".join(result.hash_matches) or "no reference hash yet"
+            out.print(f"[green]ok[/] {result.path} ({result.model}, {result.num_tensors} tensors, "
+                      f"sha256 {result.sha256[:16]}…, matches: {matched})", highlight=False)
+
+
+def main() -> None:
+    app(prog_name="vostool")
+
+
+if __name__ == "__main__":
+    main()

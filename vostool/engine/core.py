@@ -1,0 +1,179 @@
+"""The streaming loop shared by every model.
+
+Per frame: pre-process -> encode the query once -> read memory and decode (per group of objects that
+share memory frames) -> merge given masks -> soft aggregation -> maybe write the frame to memory,
+reusing its query features as the key -> unpad, resize, argmax -> labels with the user's ids.
+
+Only the current frame and the memory bank live on the device; nothing grows with video length
+unless the schedule keeps every memory frame (official STCN behaviour; cap it with ``max_frames``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .aggregate import aggregate
+from .memory import MemoryBank
+from .protocol import MemoryEntry, MemorySchedule, Preprocessing, VOSNetwork
+from .transforms import Geometry, preprocess_frame, preprocess_masks, unpad_and_resize
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """User-level overrides of a network's defaults. ``None`` keeps the network's own value.
+
+    ``short_side``: 0 or a negative number means native resolution.
+    """
+
+    short_side: int | None = None
+    mem_every: int | None = None
+    max_memory_frames: int | None = None
+    include_last: bool | None = None
+    precision: str = "fp32"
+
+    def preprocessing(self, prep: Preprocessing) -> Preprocessing:
+        if self.short_side is None:
+            return prep
+        return dataclasses.replace(prep, short_side=self.short_side if self.short_side > 0 else None)
+
+    def schedule(self, schedule: MemorySchedule) -> MemorySchedule:
+        changes = {
+            "mem_every": self.mem_every,
+            "max_frames": self.max_memory_frames,
+            "include_last": self.include_last,
+        }
+        return dataclasses.replace(schedule, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass
+class StepResult:
+    """One segmented frame: labels at the original size with the user's ids, and the probabilities."""
+
+    index: int
+    labels: np.ndarray  # (H0, W0), dtype of the given masks' ids
+    prob_padded: torch.Tensor  # (K+1, 1, Hp, Wp) aggregated probabilities at the padded size
+    object_ids: tuple[int, ...]  # id of channel 1..K
+
+
+class VideoPropagator:
+    """Segments one video frame by frame. Create one per video; call :meth:`step` in frame order."""
+
+    def __init__(
+        self,
+        network: VOSNetwork,
+        frame_size: tuple[int, int],
+        num_frames: int | None,
+        device: torch.device | str = "cpu",
+        options: EngineOptions = EngineOptions(),
+    ) -> None:
+        self.network = network
+        self.device = torch.device(device)
+        self.prep = options.preprocessing(network.preprocessing)
+        self.geometry = Geometry.for_frame(frame_size, self.prep)
+        self.bank = MemoryBank(options.schedule(network.schedule))
+        self.num_frames = num_frames
+        self.object_ids: list[int] = []  # slot -> user id
+        self.label_dtype = np.uint8
+        self.autocast_dtype = PRECISIONS[options.precision]
+        self.t = 0
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.inference_mode()
+    def step(self, frame: np.ndarray, given: np.ndarray | None = None) -> StepResult:
+        """Segment the next frame. ``given``: a label map (H0, W0) of objects annotated on this frame."""
+        t, self.t = self.t, self.t + 1
+        is_last = self.num_frames is not None and t == self.num_frames - 1
+        image = preprocess_frame(frame, self.geometry, self.prep, self.device)
+        new_objects = self._register_objects(given)
+        if not self.object_ids:  # nothing to track yet (objects appear later)
+            return self._empty_result(t)
+        with self._autocast():
+            query = self.network.encode_query(image)
+            fg = self._read_memory(query)
+        fg = fg.float()
+        if given is not None:
+            fg = self._merge_given(fg, given)
+        prob = aggregate(fg)
+        if not is_last:
+            self._maybe_memorize(t, image, query, prob, annotated=given is not None)
+        return StepResult(t, self._labels(prob), prob, tuple(self.object_ids))
+
+    def _register_objects(self, given: np.ndarray | None) -> list[int]:
+        if given is None:
+            return []
+        if given.dtype != np.uint8:
+            self.label_dtype = given.dtype
+        new = [int(i) for i in np.unique(given) if i != 0 and int(i) not in self.object_ids]
+        self.object_ids.extend(new)
+        return new
+
+    def _read_memory(self, query) -> torch.Tensor:
+        hp, wp = self.geometry.padded
+        fg = torch.zeros(len(self.object_ids), 1, hp, wp, device=self.device)
+        for view in self.bank.views(list(range(len(self.object_ids)))):
+            fg[list(view.objects)] = self.network.segment(query, view).to(fg.dtype)
+        return fg
+
+    def _merge_given(self, fg: torch.Tensor, given: np.ndarray) -> torch.Tensor:
+        """Given objects take their masks; every other object is cleared where a given mask is set."""
+        ids = [int(i) for i in np.unique(given) if i != 0]
+        planes = torch.stack([torch.from_numpy(given == i) for i in ids]).to(self.device).float()
+        planes = preprocess_masks(planes.unsqueeze(1), self.geometry)
+        covered = (planes > 0.5).any(dim=0, keepdim=True)
+        fg = fg.masked_fill(covered, 0.0)
+        for plane, obj_id in zip(planes, ids):
+            fg[self.object_ids.index(obj_id)] = plane
+        return fg
+
+    def _maybe_memorize(self, t: int, image, query, prob: torch.Tensor, annotated: bool) -> None:
+        kind = "permanent" if annotated else self.bank.due(t)
+        if kind is None:
+            return
+        with self._autocast():
+            values = self.network.encode_value(image, query, prob[1:])
+            key = self.network.memory_key(query)
+        entry = MemoryEntry(t, key, values, tuple(range(len(self.object_ids))), pinned=annotated)
+        self.bank.add(entry, permanent=kind == "permanent")
+
+    def _labels(self, prob: torch.Tensor) -> np.ndarray:
+        index = unpad_and_resize(prob, self.geometry).argmax(dim=0).cpu().numpy()
+        lut = np.array([0, *self.object_ids], dtype=self.label_dtype)
+        return lut[index]
+
+    def _empty_result(self, t: int) -> StepResult:
+        hp, wp = self.geometry.padded
+        prob = torch.ones(1, 1, hp, wp, device=self.device)
+        return StepResult(t, np.zeros(self.geometry.original, self.label_dtype), prob, ())
+
+
+def propagate(
+    network: VOSNetwork,
+    frames: Iterable[np.ndarray],
+    masks: Mapping[int, np.ndarray],
+    *,
+    num_frames: int | None = None,
+    device: torch.device | str = "cpu",
+    options: EngineOptions = EngineOptions(),
+) -> Iterator[StepResult]:
+    """Segment a stream of RGB frames given label maps for some frames (at least one).
+
+    ``masks[t]`` introduces the objects of frame t (DAVIS / YouTube-VOS semantics). ``num_frames``
+    lets the engine skip writing the last frame to memory; without it every due frame is written.
+    """
+    propagator: VideoPropagator | None = None
+    for t, frame in enumerate(frames):
+        if propagator is None:
+            propagator = VideoPropagator(network, frame.shape[:2], num_frames, device, options)
+        yield propagator.step(frame, masks.get(t))

@@ -1,0 +1,72 @@
+"""The memory bank: which frames are remembered, and grouping objects by the frames that hold them."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .protocol import MemoryEntry, MemorySchedule, MemoryView
+
+
+class MemoryBank:
+    """Permanent entries (pinned ones never dropped) plus an optional one-frame temporary slot.
+
+    The schedule decides *when* to write (see :meth:`due`); the bank keeps at most
+    ``schedule.max_frames`` permanent entries by dropping the oldest unpinned one, so memory stays
+    bounded on long videos while the annotated frames are always kept.
+    """
+
+    def __init__(self, schedule: MemorySchedule) -> None:
+        self.schedule = schedule
+        self.permanent: list[MemoryEntry] = []
+        self.temporary: MemoryEntry | None = None
+        self.last_written: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.permanent) + (self.temporary is not None)
+
+    @property
+    def entries(self) -> list[MemoryEntry]:
+        """Permanent entries in insertion order, then the temporary one (as the official cores read them)."""
+        return self.permanent + ([self.temporary] if self.temporary is not None else [])
+
+    def due(self, t: int) -> str | None:
+        """'permanent', 'temporary' or None: what kind of write frame ``t`` gets (unannotated frames)."""
+        every = self.schedule.mem_every
+        if every is not None and self.last_written is not None and t - self.last_written >= every:
+            return "permanent"
+        if self.schedule.include_last:
+            return "temporary"
+        return None
+
+    def add(self, entry: MemoryEntry, permanent: bool) -> None:
+        # Every write replaces the temporary slot (official STCN/SimVOS behaviour).
+        self.temporary = None
+        if not permanent:
+            self.temporary = entry
+            return
+        self.permanent.append(entry)
+        self.last_written = entry.frame_index
+        cap = self.schedule.max_frames
+        if cap is not None and len(self.permanent) > cap:
+            oldest_unpinned = next((i for i, e in enumerate(self.permanent) if not e.pinned), None)
+            if oldest_unpinned is not None:
+                del self.permanent[oldest_unpinned]
+
+    def views(self, objects: list[int]) -> list[MemoryView]:
+        """Split ``objects`` into groups that are held by the same entries, one view per group.
+
+        Objects introduced at the same frame share every entry, so in the usual case (all objects in
+        the first frame) this is a single view over the whole memory.
+        """
+        entries = self.entries
+        by_entries: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for obj in objects:
+            holding = tuple(i for i, e in enumerate(entries) if obj in e.objects)
+            if holding:
+                by_entries[holding].append(obj)
+        views = []
+        for holding, group in by_entries.items():
+            chosen = [entries[i] for i in holding]
+            rows = [[e.objects.index(obj) for obj in group] for e in chosen]
+            views.append(MemoryView(entries=chosen, objects=tuple(group), rows=rows))
+        return views

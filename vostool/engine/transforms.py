@@ -1,0 +1,70 @@
+"""Pre- and post-processing shared by every model: normalise, resize, pad; unpad, resize, argmax."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .protocol import Preprocessing
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of one video: original (H0, W0), internal (resized) and padded, plus the pad amounts."""
+
+    original: tuple[int, int]
+    resized: tuple[int, int]
+    padded: tuple[int, int]
+    pad: tuple[int, int, int, int]  # left, right, top, bottom
+
+    @classmethod
+    def for_frame(cls, size: tuple[int, int], prep: Preprocessing) -> Geometry:
+        resized = resized_size(size, prep.short_side)
+        pad_h, pad_w = ((prep.stride - s % prep.stride) % prep.stride for s in resized)
+        pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        return cls(size, resized, (resized[0] + pad_h, resized[1] + pad_w), pad)
+
+
+def resized_size(size: tuple[int, int], short_side: int | None) -> tuple[int, int]:
+    """Short side to ``short_side``, long side int(short_side * long / short) (truncated, as officially)."""
+    h, w = size
+    if short_side is None or min(h, w) == short_side:
+        return h, w
+    if h <= w:
+        return short_side, int(short_side * w / h)
+    return int(short_side * h / w), short_side
+
+
+def preprocess_frame(frame: np.ndarray, geom: Geometry, prep: Preprocessing, device: torch.device) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised, resized, zero-padded (1, 3, Hp, Wp) float32 on ``device``.
+
+    Normalise first, then resize the float tensor with bicubic and *no* antialias (what the official
+    code did with torchvision 0.9), then pad with zeros in normalised space (= the mean colour).
+    """
+    x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float().div(255)
+    mean = torch.tensor(prep.mean, device=device).view(3, 1, 1)
+    std = torch.tensor(prep.std, device=device).view(3, 1, 1)
+    x = ((x - mean) / std).unsqueeze(0)
+    if geom.resized != geom.original:
+        x = F.interpolate(x, size=geom.resized, mode="bicubic", align_corners=False, antialias=False)
+    return F.pad(x, geom.pad)
+
+
+def preprocess_masks(planes: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """Per-object float planes (K, 1, H0, W0) -> legacy-nearest resize -> zero pad, like the frames."""
+    if geom.resized != geom.original:
+        planes = F.interpolate(planes, size=geom.resized, mode="nearest")
+    return F.pad(planes, geom.pad)
+
+
+def unpad_and_resize(prob: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """(C, 1, Hp, Wp) probabilities -> crop the padding -> bilinear to the original size (C, H0, W0)."""
+    left, right, top, bottom = geom.pad
+    hp, wp = geom.padded
+    prob = prob[:, :, top : hp - bottom, left : wp - right]
+    if geom.resized != geom.original:
+        prob = F.interpolate(prob, size=geom.original, mode="bilinear", align_corners=False)
+    return prob[:, 0]

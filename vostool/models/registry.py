@@ -1,0 +1,103 @@
+"""The models vostool can run, by name: one place that knows how to build each of them.
+
+A model is listed here only once it is finished (network, checkpoint loading and parity tests).
+Adding a model means adding one entry; IO, engine and CLI do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..engine.protocol import VOSNetwork
+from ..errors import ModelError
+
+Builder = Callable[[Path | None, torch.device], VOSNetwork]
+Layout = Callable[[], dict[str, tuple[int, ...]]]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    summary: str
+    build: Builder
+    # The exact state-dict layout (name -> shape) of this model's checkpoint files.
+    layout: Layout
+    # True when the model needs a released checkpoint (downloaded by vostool.weights); False when its
+    # weights ship with the installation (the offline default).
+    needs_checkpoint: bool
+
+
+def _propagate_lite0(weights: Path | None, device: torch.device) -> VOSNetwork:
+    from .propagate import build_propagate_lite0
+
+    return build_propagate_lite0(weights, device)
+
+
+def _propagate_lite0_layout() -> dict[str, tuple[int, ...]]:
+    from .checkpoint import expected_layout
+    from .efficientnet_lite import EfficientNetLite
+
+    with torch.device("meta"):  # shapes only, no memory
+        return expected_layout(EfficientNetLite())
+
+
+def _stcn(weights: Path | None, device: torch.device) -> VOSNetwork:
+    from .stcn import build_stcn
+
+    return build_stcn(weights, device)
+
+
+def _stcn_layout() -> dict[str, tuple[int, ...]]:
+    from .checkpoint import expected_layout
+    from .stcn import STCN
+
+    with torch.device("meta"):
+        return expected_layout(STCN())
+
+
+DEFAULT_MODEL = "propagate-lite0"
+
+MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in [
+        ModelInfo(
+            "propagate-lite0",
+            "training-free label propagation on ImageNet EfficientNet-Lite0 features (offline default)",
+            _propagate_lite0,
+            _propagate_lite0_layout,
+            needs_checkpoint=False,
+        ),
+        ModelInfo(
+            "stcn",
+            "STCN (NeurIPS 2021): space-time correspondence, L2 affinity, top-k memory readout",
+            _stcn,
+            _stcn_layout,
+            needs_checkpoint=True,
+        ),
+    ]
+}
+
+
+def model_names() -> list[str]:
+    return list(MODELS)
+
+
+def get_model_info(name: str) -> ModelInfo:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ModelError(f"unknown model '{name}' (available: {', '.join(MODELS)})") from None
+
+
+def build_model(name: str, weights: Path | None, device: torch.device) -> VOSNetwork:
+    """Build ``name`` on ``device`` with ``weights`` (a checkpoint path, already resolved)."""
+    return get_model_info(name).build(weights, device)
+
+
+def layout_of(model: str) -> dict[str, tuple[int, ...]]:
+    """The checkpoint layout ``model`` loads (used by ``vostool weights verify`` and downloads)."""
+    return get_model_info(model).layout()
