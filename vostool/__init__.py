@@ -6,6 +6,13 @@
 
 __version__ = "0.1.0"
 
-from .api import SegmentSummary, segment  # noqa: E402
-
 __all__ = ["SegmentSummary", "segment", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import vostool` (and the CLI's start-up) should not pay for importing torch.
+    if name in ("segment", "SegmentSummary"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'vostool' has no attribute {name!r}")

@@ -28,8 +28,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+# Outside a terminal Rich assumes 80 columns and squeezes tables; logs and pipes get room instead.
+_WIDTH = None if sys.stderr.isatty() else 150
+err = Console(stderr=True, width=_WIDTH)
+out = Console(width=None if sys.stdout.isatty() else 150)
 
 
 @contextlib.contextmanager
@@ -64,6 +66,11 @@ class FrameProgress:
             self.task = self.bar.add_task(self.description, total=total, fps=0.0)
         elapsed = self.bar.tasks[self.task].elapsed or 0.0
         self.bar.update(self.task, completed=done, total=total, fps=done / elapsed if elapsed > 0 else 0.0)
+
+    def describe(self, description: str) -> None:
+        self.description = description
+        if self.bar is not None:
+            self.bar.update(self.task, description=description)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -144,6 +151,58 @@ def _summary_table(summary) -> Table:
     for kind, path in summary.outputs.items():
         table.add_row(kind, path)
     return table
+
+
+@app.command("eval")
+def eval_command(
+    davis: Annotated[Path, typer.Option("--davis", help="DAVIS root (JPEGImages/480p, Annotations/480p, ImageSets/<year>/<set>.txt).")],
+    results: Annotated[Optional[Path], typer.Option("--results", help="Palette-PNG results (<seq>/<frame>.png). With --model: where to write them.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Segment the set with this model first, then evaluate.")] = None,
+    subset: Annotated[str, typer.Option("--set", help="Image set: ImageSets/<year>/<set>.txt.")] = "val",
+    year: Annotated[str, typer.Option("--year", help="DAVIS year.")] = "2017",
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Evaluation processes (default: one per core).")] = None,
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the table as CSV.")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="With --model: checkpoint file.")] = None,
+    device: Annotated[str, typer.Option("--device", help="With --model: auto, cpu, cuda or mps.")] = "auto",
+    size: Annotated[Optional[int], typer.Option("--size", help="With --model: internal short side (-1 = native).")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="With --model: fp32, fp16 or bf16.")] = "fp32",
+    mem_every: Annotated[Optional[int], typer.Option("--mem-every", min=1, help="With --model: memory interval.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="With --model: top-k readout.")] = None,
+    max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", min=1, help="With --model: memory cap.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", envvar="VOSTOOL_OFFLINE", help="Never download checkpoints.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+) -> None:
+    """DAVIS 2017 semi-supervised J&F, identical to the official evaluator (optionally segmenting first)."""
+    from .eval import evaluate_davis
+
+    with user_errors():
+        if model is None and results is None:
+            raise VostoolError("pass --results DIR (existing predictions) and/or --model NAME (segment first)")
+        if model is not None:
+            from .eval.predict import segment_davis
+
+            results = results or Path("vostool-results") / f"{model}-davis{year}-{subset}"
+            with frame_progress("segment", quiet) as progress:
+                def announce(name: str, index: int, total: int) -> None:
+                    if progress is not None:
+                        progress.describe(f"[{index + 1}/{total}] {name}")
+
+                segment_davis(
+                    davis, results, subset=subset, year=year, on_sequence=announce, model=model,
+                    weights=weights, device=device, size=size, precision=precision, mem_every=mem_every,
+                    top_k=top_k, max_memory_frames=max_memory_frames, offline=offline, progress=progress,
+                )
+            if not quiet:
+                err.print(f"results written to {results}")
+        with frame_progress("evaluate", quiet) as progress:
+            report = evaluate_davis(davis, results, subset=subset, year=year, workers=workers, progress=progress)
+        if csv is not None:
+            report.to_csv(csv)
+    if as_json:
+        print(json.dumps(report.to_json()), flush=True)
+    elif not quiet:
+        report.render(out)
 
 
 weights_app = typer.Typer(help="List, download, locate and verify released checkpoints.", no_args_is_help=True)

@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ..engine.protocol import VOSNetwork
 from ..errors import ModelError
 
-Builder = Callable[[Path | None, torch.device], VOSNetwork]
+if TYPE_CHECKING:  # torch is imported only when a model is built, so `vostool --help` starts fast
+    import torch
+
+    from ..engine.protocol import VOSNetwork
+
+Builder = Callable[[Path | None, "torch.device"], "VOSNetwork"]
 Layout = Callable[[], dict[str, tuple[int, ...]]]
 
 
@@ -41,6 +44,8 @@ def _propagate_lite0_layout() -> dict[str, tuple[int, ...]]:
     from .checkpoint import expected_layout
     from .efficientnet_lite import EfficientNetLite
 
+    import torch
+
     with torch.device("meta"):  # shapes only, no memory
         return expected_layout(EfficientNetLite())
 
@@ -55,8 +60,24 @@ def _stcn_layout() -> dict[str, tuple[int, ...]]:
     from .checkpoint import expected_layout
     from .stcn import STCN
 
+    import torch
+
     with torch.device("meta"):
         return expected_layout(STCN())
+
+
+def _simvos(variant: str) -> tuple[Builder, Layout]:
+    def build(weights: Path | None, device: torch.device) -> VOSNetwork:
+        from .simvos import build_simvos
+
+        return build_simvos(variant, weights, device)
+
+    def layout() -> dict[str, tuple[int, ...]]:
+        from .simvos import checkpoint_layout
+
+        return checkpoint_layout(variant)
+
+    return build, layout
 
 
 DEFAULT_MODEL = "propagate-lite0"
@@ -78,6 +99,12 @@ MODELS: dict[str, ModelInfo] = {
             _stcn_layout,
             needs_checkpoint=True,
         ),
+        ModelInfo("simvos-b", "SimVOS-B (CVPR 2023): one ViT-B for joint feature extraction and matching",
+                  *_simvos("simvos-b"), needs_checkpoint=True),
+        ModelInfo("simvos-l", "SimVOS-L (CVPR 2023): as SimVOS-B with a ViT-L",
+                  *_simvos("simvos-l"), needs_checkpoint=True),
+        ModelInfo("simvos-bs", "SimVOS-BS (CVPR 2023): ViT-B, within-frame attention + token refinement (faster)",
+                  *_simvos("simvos-bs"), needs_checkpoint=True),
     ]
 }
 

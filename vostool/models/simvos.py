@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -466,3 +467,26 @@ def build_simvos(
     else:
         net = network_from_state(variant, load_checkpoint(weights, map_location="cpu"), weights, device)
     return SimVOS(net, variant, device, short_side=short_side)
+
+
+def checkpoint_layout(variant: str) -> dict[str, tuple[int, ...]]:
+    """The full layout of a released ``variant`` file: the network's keys plus the unused ones it carries.
+
+    ``vostool weights verify`` checks files against this exact layout; loading (``load_weights``) is
+    stricter about what it uses and skips the unused keys by name.
+    """
+    config = variant_config(variant)
+    dim = config.embed_dim
+    # B and L files carry BS's token-refinement modules too (one training class for all variants).
+    with_refinement = dataclasses.replace(config, within_frame_layers=4, prototypes=384)
+    with torch.device("meta"):
+        layout = expected_layout(SimVOSNet(with_refinement if not config.refines_tokens else config))
+    layout.update({
+        "cls_token": (1, 1, dim),
+        "pos_embed": (1, 14 * 14 + 1, dim),  # MAE's 224x224 table, superseded by pos_embed_new
+        "head.weight": (1000, dim),
+        "head.bias": (1000,),
+        "fc_norm.weight": (dim,),
+        "fc_norm.bias": (dim,),
+    })
+    return layout

@@ -1,0 +1,41 @@
+"""Run ``segment`` over a DAVIS-layout set so that ``vostool eval --model`` can score a model end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vostool.errors import InputError
+from vostool.eval.davis import RESOLUTION, read_sequence_names
+
+
+def segment_davis(
+    davis_root: str | Path,
+    results_dir: str | Path,
+    *,
+    subset: str = "val",
+    year: str = "2017",
+    on_sequence: Callable[[str, int, int], None] | None = None,
+    **segment_options: Any,
+) -> list[str]:
+    """Segment every sequence of ``ImageSets/<year>/<subset>.txt`` from its first annotation.
+
+    Results go to ``results_dir/<sequence>/<frame>.png`` (the DAVIS results layout), replacing older
+    files of the same name. ``segment_options`` are passed to :func:`vostool.api.segment` (model,
+    weights, device, size, precision, ...). ``on_sequence(name, index, total)`` is called before each
+    sequence. Returns the sequence names.
+    """
+    from vostool.api import segment
+
+    davis_root, results_dir = Path(davis_root), Path(results_dir)
+    names = read_sequence_names(davis_root, subset, str(year))
+    for index, name in enumerate(names):
+        if on_sequence is not None:
+            on_sequence(name, index, len(names))
+        frames = davis_root / "JPEGImages" / RESOLUTION / name
+        annotations = sorted((davis_root / "Annotations" / RESOLUTION / name).glob("*.png"))
+        if not annotations:
+            raise InputError("no annotation PNG for this sequence", davis_root / "Annotations" / RESOLUTION / name)
+        segment(frames, annotations[0], out_dir=results_dir / name, **segment_options)
+    return names
