@@ -23,6 +23,7 @@ from .io.frames import FrameSource, open_frames
 from .io.masks import LabelMap, read_mask, read_masks_dir
 from .io.writers import OverlayWriter, PaletteWriter, RleWriter
 from .models.registry import DEFAULT_MODEL, build_model, get_model_info
+from .pipeline import segment_stream
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -141,11 +142,8 @@ def segment(
 
     start = time.perf_counter()
     with _Outputs(out_dir, overlay, rle, palette, source.fps) as outputs:
-        for t, frame in enumerate(source):
-            result = propagator.step(frame, given.get(t))
-            outputs.write(source.names[t], frame, result.labels)
-            if progress is not None:
-                progress(t + 1, len(source))
+        # Decoding and writing run in background threads next to the model (see vostool.pipeline).
+        segment_stream(propagator, source, source.names, given, outputs.write, progress=progress)
     return SegmentSummary(
         input=str(input),
         model=model,

@@ -289,6 +289,133 @@ def weights_verify(
                       f"sha256 {result.sha256[:16]}…, matches: {matched})", highlight=False)
 
 
+BENCH_JSON_HELP = (
+    'JSON (--json, schema "vostool-bench-v1", described in docs/benchmarks.md): {"schema", "vostool", '
+    '"machine": {platform, torch, cpu, device, device_name, load_average_1min, ...}, "settings": {the options}, '
+    '"results": [{"model", "weights": bundled|file|synthetic, "note", "frames", "frame_size": [H, W], '
+    '"input_size": [H, W], "load_seconds", "model_only": {"fps", "fps_runs", "seconds_runs"}, '
+    '"end_to_end": {"fps", "fps_runs", "seconds_runs", "open_seconds", "outputs"}, '
+    '"stages_ms_per_frame": {stage: ms}, "memory": {"end_to_end"|"model_only": {"rss_start_bytes", '
+    '"peak_rss_bytes", "gpu_start_bytes", "peak_gpu_bytes"}}, "growth": [{"frames", "frame_size", '
+    '"memory_frames", "memory_bank_bytes", "fps", "memory": {...}}]}]}. Speeds are medians of --repeats runs after a warm-up.'
+)
+
+
+@app.command(epilog=BENCH_JSON_HELP)
+def bench(
+    model: Annotated[Optional[list[str]], typer.Option("--model", help=f"Model to measure; repeat for several. {MODEL_HELP}")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast).")] = "fp32",
+    size: Annotated[int, typer.Option("--size", help="Internal short side; the synthetic clip is rendered at it (16:9).")] = 480,
+    objects: Annotated[int, typer.Option("--objects", min=1, max=255, help="Objects in the first-frame mask.")] = 2,
+    frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames per run (default: 8 on CPU, 100 on a GPU).")] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Timed runs per measurement (default: 3 on CPU, 5 on a GPU).")] = None,
+    warmup: Annotated[Optional[int], typer.Option("--warmup", min=0, help="Frames of the untimed warm-up run (default: 3 on CPU, 10 on a GPU).")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", help="Measure on this video or frame folder instead of a synthetic clip (its first --frames frames).")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint for the (one) model; without it, models that need one run on synthetic weights (speed only).")] = None,
+    max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", min=1, help="Cap on memory frames, as in segment.")] = None,
+    growth_frames: Annotated[Optional[list[int]], typer.Option("--growth-frames", min=2, help="Video lengths for the memory-growth runs; repeat (default: 100 and 1000).")] = None,
+    growth_size: Annotated[int, typer.Option("--growth-size", min=16, help="Short side of the memory-growth runs.")] = 64,
+    no_growth: Annotated[bool, typer.Option("--no-growth", help="Skip the memory-growth runs.")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's choice, one per core).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
+) -> None:
+    """Model-only and end-to-end FPS, time per stage, peak memory and its growth with video length."""
+    from .bench import DEFAULT_GROWTH_FRAMES, BenchSettings, run_bench
+
+    settings = BenchSettings(
+        models=tuple(model or [DEFAULT_MODEL]), device=device, precision=precision, size=size, objects=objects,
+        frames=frames, repeats=repeats, warmup=warmup, input=str(input) if input else None,
+        weights=str(weights) if weights else None, max_memory_frames=max_memory_frames,
+        growth_frames=() if no_growth else tuple(growth_frames or DEFAULT_GROWTH_FRAMES), growth_size=growth_size,
+        threads=threads,
+    )
+    with user_errors():
+        if quiet:
+            report = run_bench(settings)
+        else:
+            with err.status("bench") as status:
+                report = run_bench(settings, log=lambda message: status.update(f"bench: {message}"))
+    if as_json:
+        print(json.dumps(report.to_dict()), flush=True)
+    elif not quiet:
+        err.print(_bench_table(report))
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
+def _bench_table(report) -> Table:
+    from .engine.timing import STAGES
+
+    machine = report.machine
+    table = Table(title=f"vostool bench: {machine['device_name']} ({machine['device']}, "
+                        f"{report.settings.precision})", title_justify="left")
+    table.add_column("")
+    for result in report.results:
+        table.add_column(result.model, justify="right")
+    results = report.results
+
+    def row(label: str, values: list[str], style: str | None = None) -> None:
+        table.add_row(label, *values, style=style)
+
+    row("weights", [r.note or (r.weights_path or r.weights) for r in results])
+    row("frames", [f"{r.frames} x {r.frame_size[1]}x{r.frame_size[0]} (net {r.input_size[1]}x{r.input_size[0]})" for r in results])
+    row("model-only fps", [f"{r.model_only['fps']:.2f}" for r in results], style="bold")
+    row("end-to-end fps", [f"{r.end_to_end['fps']:.2f}" for r in results], style="bold")
+    row("load / open (s)", [f"{r.load_seconds:.2f} / {r.end_to_end['open_seconds']:.2f}" for r in results])
+    seen = {stage for r in results for stage in r.stages_ms_per_frame}
+    for stage in [s for s in STAGES if s in seen] + sorted(seen - set(STAGES)):
+        row(f"  {stage} (ms/frame)", [f"{r.stages_ms_per_frame[stage]:.1f}" if stage in r.stages_ms_per_frame else "-" for r in results])
+    row("peak RSS", [_mib(r.memory["end_to_end"]["peak_rss_bytes"]) for r in results])
+    row("peak GPU memory", [_mib(r.memory["end_to_end"]["peak_gpu_bytes"]) for r in results])
+    for index, length in enumerate(report.settings.growth_frames):
+        row(f"{length} frames at {report.settings.growth_size}p", [
+            f"RSS {_mib(g.memory.peak_rss_bytes)}, GPU {_mib(g.memory.peak_gpu_bytes)}; "
+            f"memory {g.memory_frames} frames, {g.memory_bank_bytes / 2**20:.1f} MiB"
+            for g in (r.growth[index] for r in results)
+        ])
+    table.caption = ("decode and write run in background threads beside the model; stage times are busy "
+                     "time per frame (medians)")
+    return table
+
+
+@app.command()
+def export(
+    results: Annotated[Path, typer.Argument(help="Results folder (<seq>/<frame>.png, or one sequence's <frame>.png); with --from coco-rle, the JSON file.")],
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="davis, mose, youtube-vos (submission zips), coco-rle (JSON) or overlay-mp4.")] = None,
+    from_format: Annotated[Optional[str], typer.Option("--from", help="coco-rle: turn a vostool RLE JSON back into palette PNGs.")] = None,
+    frames: Annotated[Optional[Path], typer.Option("--frames", help="overlay-mp4: the video or frame folder (several sequences: a folder of <seq>/ or <seq>.mp4).")] = None,
+    frames_list: Annotated[Optional[Path], typer.Option("--frames-list", help="youtube-vos: meta.json or a 'video/frame' list; only those frames go into the zip.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file or folder (default: next to RESULTS).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a one-line JSON summary on stdout.")] = False,
+) -> None:
+    """Package palette-PNG results for a benchmark server, as COCO RLE or as overlay videos, and back."""
+    from .export import FORMATS, IMPORT_FORMATS, export_results, import_rle
+
+    with user_errors():
+        if (format is None) == (from_format is None):
+            raise VostoolError("give either --format FORMAT (export) or --from coco-rle (import)")
+        if from_format is not None:
+            if from_format not in IMPORT_FORMATS:
+                raise VostoolError(f"--from {from_format}: choose one of {', '.join(IMPORT_FORMATS)}")
+            summary = import_rle(results, out)
+        else:
+            if format not in FORMATS:
+                raise VostoolError(f"--format {format}: choose one of {', '.join(FORMATS)}")
+            with frame_progress(f"export {format}", quiet) as progress:
+                summary = export_results(results, format, out, frames=frames, frames_list=frames_list, progress=progress)
+    if as_json:
+        print(json.dumps(summary.to_dict()), flush=True)
+    if not quiet:
+        skipped = f"; skipped (not listed): {', '.join(summary.skipped)}" if summary.skipped else ""
+        err.print(f"{summary.format}: {summary.frames} frames of {summary.sequences} sequence(s) -> {summary.output}{skipped}",
+                  highlight=False)
+
+
 def main() -> None:
     app(prog_name="vostool")
 

@@ -21,6 +21,7 @@ import torch
 from .aggregate import aggregate
 from .memory import MemoryBank
 from .protocol import MemoryEntry, MemorySchedule, Preprocessing, VOSNetwork
+from .timing import stage
 from .transforms import Geometry, preprocess_frame, preprocess_masks, unpad_and_resize
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -90,25 +91,43 @@ class VideoPropagator:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    @torch.inference_mode()
     def step(self, frame: np.ndarray, given: np.ndarray | None = None) -> StepResult:
         """Segment the next frame. ``given``: a label map (H0, W0) of objects annotated on this frame."""
+        return self.step_preprocessed(self.preprocess(frame), given)
+
+    @torch.inference_mode()
+    def preprocess(self, frame: np.ndarray) -> torch.Tensor:
+        """The network's input for an RGB uint8 ``frame`` (H0, W0, 3), on the device.
+
+        ``vostool bench`` preloads frames this way to time the model alone, as papers do.
+        """
+        with stage("preprocess"):
+            return preprocess_frame(frame, self.geometry, self.prep, self.device)
+
+    @torch.inference_mode()
+    def step_preprocessed(self, image: torch.Tensor, given: np.ndarray | None = None) -> StepResult:
+        """:meth:`step` for a frame already turned into network input by :meth:`preprocess`."""
         t, self.t = self.t, self.t + 1
         is_last = self.num_frames is not None and t == self.num_frames - 1
-        image = preprocess_frame(frame, self.geometry, self.prep, self.device)
         new_objects = self._register_objects(given)
         if not self.object_ids:  # nothing to track yet (objects appear later)
             return self._empty_result(t)
         with self._autocast():
-            query = self.network.encode_query(image)
-            fg = self._read_memory(query)
-        fg = fg.float()
-        if given is not None:
-            fg = self._merge_given(fg, given)
-        prob = aggregate(fg)
+            with stage("key_encoding"):
+                query = self.network.encode_query(image)
+            with stage("segment"):
+                fg = self._read_memory(query)
+        with stage("aggregation"):
+            fg = fg.float()
+            if given is not None:
+                fg = self._merge_given(fg, given)
+            prob = aggregate(fg)
         if not is_last:
-            self._maybe_memorize(t, image, query, prob, annotated=given is not None)
-        return StepResult(t, self._labels(prob), prob, tuple(self.object_ids))
+            with stage("memory_write"):
+                self._maybe_memorize(t, image, query, prob, annotated=given is not None)
+        with stage("postprocess"):
+            labels = self._labels(prob)
+        return StepResult(t, labels, prob, tuple(self.object_ids))
 
     def _register_objects(self, given: np.ndarray | None) -> list[int]:
         if given is None:

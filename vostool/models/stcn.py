@@ -21,6 +21,7 @@ from torchvision.models.resnet import Bottleneck
 
 from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
 from vostool.engine.readout import topk_l2_readout
+from vostool.engine.timing import stage
 from vostool.models.checkpoint import check_layout, expected_layout, load_checkpoint
 
 KEY_DIM = 64
@@ -372,9 +373,11 @@ class STCNNetwork:
         """Foreground probabilities ``(K, 1, H, W)`` of ``memory.objects``."""
         mem_key, mem_value = _concat_memory(memory)
         _, _, h, w = query.k16.shape
-        readout = topk_l2_readout(mem_key, mem_value, query.k16[0].flatten(start_dim=1), self.top_k)
+        with stage("memory_readout"):
+            readout = topk_l2_readout(mem_key, mem_value, query.k16[0].flatten(start_dim=1), self.top_k)
         readout = readout.view(readout.shape[0], VALUE_DIM, h, w)
-        return self.net.decode(readout, query.f16_thin, query.f8, query.f4)
+        with stage("decoding"):
+            return self.net.decode(readout, query.f16_thin, query.f8, query.f4)
 
 
 def _concat_memory(memory: MemoryView) -> tuple[torch.Tensor, torch.Tensor]:
