@@ -113,6 +113,14 @@ def test_bench_stcn_runs_on_synthetic_weights_and_says_so():
     assert long["memory_bank_bytes"] == 3 * short["memory_bank_bytes"]
 
 
+def test_bench_simvos_runs_on_synthetic_weights():
+    report = run_bench(BenchSettings(models=("simvos-b",), device="cpu", **{**TINY, "repeats": 1})).to_dict()
+    (simvos,) = report["results"]
+    assert simvos["weights"] == "synthetic" and simvos["note"] == SYNTHETIC_NOTE
+    check_result(simvos, {**TINY, "repeats": 1})
+    assert positive(simvos["stages_ms_per_frame"]["segment"])  # SimVOS reads memory inside its ViT
+
+
 def test_bench_memory_cap_bounds_the_growth_runs_and_input_video_is_used(tmp_path):
     scene = SyntheticScene((40, 72), objects=1, seed=3)
     scene.encode(tmp_path / "user.mp4", 5)
