@@ -38,6 +38,27 @@ OVERLAY_SUFFIXES = frozenset({".mp4", ".mov", ".mkv"})
 DEFAULT_FPS = 25.0
 
 
+class _CommitOnSuccess:
+    """``with`` support for writers with ``close()`` (commit) and ``abort()`` (discard)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 class AtomicFile:
     """A temporary path next to ``final`` that is either renamed onto ``final`` or removed."""
 
@@ -178,7 +199,7 @@ def _object_edges(labels: np.ndarray) -> np.ndarray:
     return differs & (labels > 0)
 
 
-class OverlayWriter:
+class OverlayWriter(_CommitOnSuccess):
     """Streams frames with their masks blended in to an H.264 video (yuv420p, playable everywhere).
 
     The video is encoded into a temporary file, renamed onto ``path`` by :meth:`close`; :meth:`abort`
@@ -274,17 +295,6 @@ class OverlayWriter:
             self._encoder.close()
         self._file.discard()
 
-    def __enter__(self) -> OverlayWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 def _pad_to_even(picture: np.ndarray) -> np.ndarray:
     height, width = picture.shape[:2]
@@ -313,7 +323,7 @@ def encode_rle_objects(labels: np.ndarray) -> list[dict]:
     return objects
 
 
-class RleWriter:
+class RleWriter(_CommitOnSuccess):
     """Collects every frame's objects as COCO RLE and writes one JSON file on :meth:`close`.
 
     Layout: ``{"format": "vostool-rle-v1", "frames": [{"name", "size": [H, W], "objects":
@@ -348,14 +358,3 @@ class RleWriter:
     def abort(self) -> None:
         self._closed = True
         self.frames = []
-
-    def __enter__(self) -> RleWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -6,7 +6,8 @@ the way STCN reads its memory but without any trained VOS head:
 
 * key: Lite0 features of the last stride-8 block (40 ch) and the last stride-16 block (112 ch, upsampled
   to stride 8), concatenated and L2-normalised;
-* value: each object's soft mask averaged onto the stride-8 grid;
+* value: each object's soft mask averaged onto the stride-8 grid (8x8 mask patches as values were
+  tried: sharper on libby, worse on blackswan and car-shadow);
 * readout: cosine affinity / temperature, top-k softmax, each query position restricted to a window of
   memory positions around it (objects move little between nearby frames, and the window removes
   matches with similar-looking background far away);
@@ -26,12 +27,13 @@ from torch import nn
 
 from ..engine.protocol import MemorySchedule, MemoryView, Preprocessing
 from ..engine.readout import local_topk_readout
+from ..engine.timing import stage
 from .efficientnet_lite import EfficientNetLite, lite0_weights_path
 
 FEATURE_STRIDE = 8
 
 
-@dataclass(frozen=True)
+@dataclass
 class PropagationSettings:
     top_k: int = 20
     temperature: float = 0.05
@@ -50,12 +52,20 @@ class PropagateLite0(nn.Module):
     # EfficientNet-Lite models were trained on inputs scaled to [-1, 1] (TF-Lite convention).
     preprocessing = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), short_side=480, stride=16)
 
-    def __init__(self, settings: PropagationSettings = PropagationSettings()) -> None:
+    def __init__(self, settings: PropagationSettings | None = None) -> None:
         super().__init__()
         self.backbone = EfficientNetLite()
-        self.settings = settings
-        self.schedule = MemorySchedule(mem_every=1, include_last=False, max_frames=settings.recent_frames + 1)
+        self.settings = settings or PropagationSettings()
+        self.schedule = MemorySchedule(mem_every=1, include_last=False, max_frames=self.settings.recent_frames + 1)
         self.taps = (self.backbone.last_block_at_stride(8), self.backbone.last_block_at_stride(16))
+
+    @property
+    def top_k(self) -> int:
+        return self.settings.top_k
+
+    @top_k.setter
+    def top_k(self, value: int) -> None:
+        self.settings.top_k = value
 
     def encode_query(self, image: torch.Tensor) -> LiteQuery:
         f8, f16 = self.backbone.features(image, self.taps)
@@ -71,13 +81,15 @@ class PropagateLite0(nn.Module):
 
     def segment(self, query: LiteQuery, memory: MemoryView) -> torch.Tensor:
         keys = torch.stack([e.key for e in memory.entries])
-        values = torch.stack([memory.values(i) for i in range(len(memory.entries))])
+        values = torch.stack([memory.values(i) for i in range(len(memory.entries))])  # (T, K, h, w)
         s = self.settings
-        read = local_topk_readout(
-            keys, values, query.key, top_k=s.top_k, radius=s.window_radius, temperature=s.temperature
-        )
-        prob = F.interpolate(read[:, None], scale_factor=FEATURE_STRIDE, mode="bilinear", align_corners=False)
-        return prob.clamp(0, 1)
+        with stage("memory_readout"):
+            read = local_topk_readout(
+                keys, values, query.key, top_k=s.top_k, radius=s.window_radius, temperature=s.temperature
+            )
+        with stage("decoding"):
+            prob = F.interpolate(read[:, None], scale_factor=FEATURE_STRIDE, mode="bilinear", align_corners=False)
+            return prob.clamp(0, 1)  # (K, 1, H, W)
 
 
 def build_propagate_lite0(weights: str | Path | None = None, device: str | torch.device = "cpu") -> PropagateLite0:

@@ -29,6 +29,7 @@ from torch import nn
 from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
 from vostool.errors import ModelError
 from vostool.models.checkpoint import check_layout, expected_layout, load_checkpoint
+from vostool.models.stcn import Decoder
 
 PATCH = 16
 # The checkpoint's position table covers a 24x24 grid (384x384 training crops) after a cls slot.
@@ -139,57 +140,6 @@ class ChannelNorm(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# STCN mask decoder, single-channel output
-
-
-def _conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__()
-        self.conv1 = _conv3x3(c_in, c_out)
-        self.conv2 = _conv3x3(c_out, c_out)
-        # The shortcut is a conv only when the width changes (no key otherwise).
-        self.downsample = _conv3x3(c_in, c_out) if c_in != c_out else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.conv2(F.relu(self.conv1(F.relu(x))))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return shortcut + r
-
-
-class UpsampleBlock(nn.Module):
-    def __init__(self, skip_channels: int, up_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.skip_conv = _conv3x3(skip_channels, up_channels)
-        self.out_conv = ResBlock(up_channels, out_channels)
-
-    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        x = self.skip_conv(skip) + F.interpolate(up, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.out_conv(x)
-
-
-class MaskDecoder(nn.Module):
-    """m16 (C, 1/16), m8 (512, 1/8), m4 (256, 1/4) -> one logit map at full padded resolution."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.compress = ResBlock(dim, 512)
-        self.up_16_8 = UpsampleBlock(512, 512, 256)
-        self.up_8_4 = UpsampleBlock(256, 256, 256)
-        self.pred = _conv3x3(256, 1)
-
-    def forward(self, m16: torch.Tensor, m8: torch.Tensor, m4: torch.Tensor) -> torch.Tensor:
-        x = self.compress(m16)
-        x = self.up_16_8(m8, x)
-        x = self.up_8_4(m4, x)
-        x = self.pred(F.relu(x))
-        return F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)
-
-
-# --------------------------------------------------------------------------------------------
 # SimVOS-BS token refinement
 
 
@@ -241,7 +191,7 @@ class SimVOSNet(nn.Module):
             nn.ConvTranspose2d(dim, 256, kernel_size=2, stride=2),
         )
         self.fpn2 = nn.Sequential(nn.ConvTranspose2d(dim, 512, kernel_size=2, stride=2))
-        self.stcn_decoder = MaskDecoder(dim)
+        self.stcn_decoder = Decoder(dim)  # the STCN decoder, C -> 512 compress
         if config.refines_tokens:
             self.tlearner = TokenRefiner(dim, config.prototypes)
             self.tlearner_back = TokenRefiner(dim, config.prototypes)

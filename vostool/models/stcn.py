@@ -243,9 +243,11 @@ class UpsampleBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self) -> None:
+    """STCN's mask decoder, also SimVOS's (``in_ch`` = its ViT width): 1/16 -> 1/8 -> 1/4 -> one logit map."""
+
+    def __init__(self, in_ch: int = 1024) -> None:
         super().__init__()
-        self.compress = ResBlock(1024, 512)
+        self.compress = ResBlock(in_ch, 512)
         self.up_16_8 = UpsampleBlock(512, 512, 256)
         self.up_8_4 = UpsampleBlock(256, 256, 256)
         self.pred = _conv3x3(256, 1)
