@@ -109,7 +109,7 @@ class VideoPropagator:
         """:meth:`step` for a frame already turned into network input by :meth:`preprocess`."""
         t, self.t = self.t, self.t + 1
         is_last = self.num_frames is not None and t == self.num_frames - 1
-        new_objects = self._register_objects(given)
+        self._register_objects(given)
         if not self.object_ids:  # nothing to track yet (objects appear later)
             return self._empty_result(t)
         with self._autocast():
@@ -129,14 +129,13 @@ class VideoPropagator:
             labels = self._labels(prob)
         return StepResult(t, labels, prob, tuple(self.object_ids))
 
-    def _register_objects(self, given: np.ndarray | None) -> list[int]:
+    def _register_objects(self, given: np.ndarray | None) -> None:
+        """New ids of a given mask get the next object slots; known ids keep theirs."""
         if given is None:
-            return []
+            return
         if given.dtype != np.uint8:
             self.label_dtype = given.dtype
-        new = [int(i) for i in np.unique(given) if i != 0 and int(i) not in self.object_ids]
-        self.object_ids.extend(new)
-        return new
+        self.object_ids.extend(int(i) for i in np.unique(given) if i != 0 and int(i) not in self.object_ids)
 
     def _read_memory(self, query) -> torch.Tensor:
         hp, wp = self.geometry.padded
