@@ -5,7 +5,7 @@ and, with ``--truth DIR``, the ground-truth label PNGs of every frame (used by t
 the same files come out every time.
 
     python scripts/make_demo.py                # regenerate the committed assets
-    python scripts/make_demo.py --truth /tmp/gt
+    python scripts/make_demo.py --truth out/demo-truth
 """
 
 from __future__ import annotations
