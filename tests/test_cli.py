@@ -185,3 +185,20 @@ def test_failed_run_leaves_no_partial_video(tmp_path, clip):
     run_error(["segment", str(clip["dir"]), "-m", str(blank), "--overlay", str(overlay)])
     assert overlay.read_bytes() == b"previous result"
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_masks_dir_introduces_objects_on_later_frames(clip, tmp_path):
+    masks = tmp_path / "given"
+    masks.mkdir()
+    first = np.where(clip["labels"][0] == 1, 1, 0).astype(np.uint8)
+    later = np.where(clip["labels"][3] == 5, 5, 0).astype(np.uint8)
+    save_palette_png(masks / "img_0.png", first)
+    save_palette_png(masks / "img_3.png", later)
+    out = tmp_path / "masks"
+    result = runner.invoke(app, ["segment", str(clip["dir"]), "--masks", str(masks), "-o", str(out), "--json", *FAST])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["objects"] == [1, 5]
+    labels = [np.array(Image.open(out / f"img_{t}.png")) for t in range(8)]
+    assert all(5 not in np.unique(lab) for lab in labels[:3])
+    np.testing.assert_array_equal(labels[3] == 5, later == 5)  # the given mask is kept on its frame
+    assert all(5 in np.unique(lab) and 1 in np.unique(lab) for lab in labels[4:])
