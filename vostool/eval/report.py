@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vostool.errors import OutputError
+from vostool.io.writers import write_text_atomic
 
 METRIC_KEYS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
 
@@ -129,20 +127,3 @@ def report_table(report: EvalReport) -> Table:
         values = o.metrics()
         table.add_row(o.sequence, str(o.object_id), *(f"{values[k]:.4f}" for k in METRIC_KEYS))
     return table
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and move it into place."""
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-                stream.write(text)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-    except OSError as error:
-        raise OutputError(f"cannot write results file ({error.strerror or error})", target) from error

@@ -32,6 +32,7 @@ __all__ = [
     "blend_overlay",
     "encode_rle_objects",
     "read_rle_video",
+    "write_text_atomic",
 ]
 
 OVERLAY_SUFFIXES = frozenset({".mp4", ".mov", ".mkv"})
@@ -92,6 +93,17 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         file.discard()
         raise
     file.commit()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines untranslated) to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temp:
+            temp.write_text(text, encoding="utf-8", newline="")
+    except OSError as err:
+        raise OutputError(f"cannot write file ({err.strerror or err})", path) from err
 
 
 def ensure_folder(folder: Path) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from vostool.errors import ModelError, OutputError
+from vostool.errors import ModelError
+from vostool.io.writers import write_text_atomic
 from vostool.weights.registry import Checkpoint
 
 HOME_ENV = "VOSTOOL_HOME"
@@ -119,19 +119,3 @@ def record_sha256(path: str | Path, digest: str) -> Path:
 def is_sha256(text: str) -> bool:
     """True for a 64-digit hex string."""
     return len(text) == 64 and all(ch in "0123456789abcdef" for ch in text.lower())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and an atomic rename."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise OutputError(f"cannot write ({exc.strerror or exc})", path) from exc
