@@ -35,3 +35,37 @@ def test_eval_extra_id_is_an_error_not_a_silent_abort():
 def test_eval_needs_results_or_model(tmp_path):
     result = runner.invoke(app, ["eval", "--davis", str(tmp_path)])
     assert result.exit_code == 2 and "--results" in result.output
+
+
+def test_eval_with_model_segments_then_scores(tmp_path):
+    """`--model` on a tiny DAVIS-layout set: results are written per sequence, then scored."""
+    import numpy as np
+    from PIL import Image
+
+    from vostool.io.palette import DAVIS_PALETTE
+
+    root = tmp_path / "davis"
+    for seq, shift in (("a", 2), ("b", -2)):
+        (root / "JPEGImages" / "480p" / seq).mkdir(parents=True)
+        (root / "Annotations" / "480p" / seq).mkdir(parents=True)
+        for t in range(4):
+            img = np.full((64, 96, 3), 30, np.uint8)
+            lab = np.zeros((64, 96), np.uint8)
+            x = 40 + shift * t
+            img[16:48, x : x + 24] = (240, 200, 40)
+            lab[16:48, x : x + 24] = 1
+            Image.fromarray(img).save(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", quality=95)
+            mask = Image.fromarray(lab, mode="P")
+            mask.putpalette(DAVIS_PALETTE)
+            mask.save(root / "Annotations" / "480p" / seq / f"{t:05d}.png")
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("a\nb\n")
+    results = tmp_path / "results"
+    result = runner.invoke(app, ["eval", "--davis", str(root), "--model", "propagate-lite0", "--results",
+                                 str(results), "--size", "128", "--device", "cpu", "--workers", "1", "--json",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in results.iterdir()) == ["a", "b"]
+    assert len(list((results / "b").glob("*.png"))) == 4
+    scores = json.loads(result.stdout)
+    assert scores.get("global", scores)["J&F-Mean"] > 0.7

@@ -118,12 +118,15 @@ def segment(
     max_memory_frames: int | None = None,
     offline: bool = False,
     progress: ProgressCallback | None = None,
+    network: VOSNetwork | None = None,
 ) -> SegmentSummary:
     """Segment the objects of ``mask`` (and/or ``masks_dir``) through the video or frame folder ``input``.
 
     ``size``: internal short side (None = the model's default, -1 = native resolution). Outputs: palette
     PNGs in ``out_dir`` (named like the input frames), an overlay MP4, and/or a COCO RLE JSON; each file is
-    written atomically. Raises :class:`vostool.errors.VostoolError` for bad input.
+    written atomically. ``network``: a network already built by :func:`load_network` for ``model`` on
+    ``device``, to reuse it across videos (then ``weights`` and ``offline`` are not used).
+    Raises :class:`vostool.errors.VostoolError` for bad input.
     """
     if precision not in PRECISIONS:
         raise VostoolError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
@@ -132,7 +135,8 @@ def segment(
     source = open_frames(input)
     given, palette = read_given_masks(source, mask, masks_dir)
     torch_device = resolve_device(device)
-    network = load_network(model, weights, torch_device, offline=offline)
+    if network is None:
+        network = load_network(model, weights, torch_device, offline=offline)
     if top_k is not None:
         _set_top_k(network, model, top_k)
     options = EngineOptions(
@@ -169,20 +173,17 @@ class _Outputs:
     """All requested writers behind one ``write``; a failed run discards the unfinished video files."""
 
     def __init__(self, out_dir, overlay, rle, palette: bytes | None, fps: float | None) -> None:
+        self.targets = {"masks": out_dir, "overlay": overlay, "rle": rle}
         self.palette_writer = PaletteWriter(out_dir, palette) if out_dir is not None else None
+        self.overlay_writer = OverlayWriter(overlay, fps, palette=palette) if overlay is not None else None
+        self.rle_writer = RleWriter(rle) if rle is not None else None
         self.written: dict[str, str] = {}
         self._stack = contextlib.ExitStack()
-        self.overlay_writer = self.rle_writer = None
-        self._targets = {"masks": out_dir, "overlay": overlay, "rle": rle}
-        self._overlay_args = (overlay, fps, palette)
-        self._rle_path = rle
 
     def __enter__(self) -> _Outputs:
-        overlay, fps, palette = self._overlay_args
-        if overlay is not None:
-            self.overlay_writer = self._stack.enter_context(OverlayWriter(overlay, fps, palette=palette))
-        if self._rle_path is not None:
-            self.rle_writer = self._stack.enter_context(RleWriter(self._rle_path))
+        for writer in (self.overlay_writer, self.rle_writer):
+            if writer is not None:
+                self._stack.enter_context(writer)
         return self
 
     def write(self, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
@@ -196,4 +197,4 @@ class _Outputs:
     def __exit__(self, *exc_info) -> None:
         self._stack.__exit__(*exc_info)
         if exc_info[0] is None:
-            self.written = {k: str(v) for k, v in self._targets.items() if v is not None}
+            self.written = {k: str(v) for k, v in self.targets.items() if v is not None}

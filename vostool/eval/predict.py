@@ -26,10 +26,17 @@ def segment_davis(
     weights, device, size, precision, ...). ``on_sequence(name, index, total)`` is called before each
     sequence. Returns the sequence names.
     """
-    from vostool.api import segment
+    from vostool.api import load_network, resolve_device, segment
+    from vostool.models.registry import DEFAULT_MODEL
 
     davis_root, results_dir = Path(davis_root), Path(results_dir)
     names = read_sequence_names(davis_root, subset, str(year))
+    # Build (and download / hash-check) the model once for the whole set, not once per sequence.
+    device = resolve_device(segment_options.pop("device", "auto"))
+    network = load_network(
+        segment_options.get("model", DEFAULT_MODEL), segment_options.pop("weights", None), device,
+        offline=segment_options.pop("offline", False),
+    )
     for index, name in enumerate(names):
         if on_sequence is not None:
             on_sequence(name, index, len(names))
@@ -37,5 +44,6 @@ def segment_davis(
         annotations = sorted((davis_root / "Annotations" / RESOLUTION / name).glob("*.png"))
         if not annotations:
             raise InputError("no annotation PNG for this sequence", davis_root / "Annotations" / RESOLUTION / name)
-        segment(frames, annotations[0], out_dir=results_dir / name, **segment_options)
+        segment(frames, annotations[0], out_dir=results_dir / name, device=str(device), network=network,
+                **segment_options)
     return names
