@@ -25,7 +25,18 @@ def test_list_shows_every_model_and_the_bundled_default(tmp_path, monkeypatch):
     lite = next(r for r in rows if r["model"] == "propagate-lite0")
     assert lite["cached"] and lite["available"]
     stcn = next(r for r in rows if r["model"] == "stcn" and r["default"])
-    assert stcn["cached"] is None and stcn["source"]
+    assert stcn["cached"] is None and stcn["source"] and stcn["available"]
+    # listed because its checkpoints are registered, but vostool cannot build the network yet
+    assert not any(r["available"] for r in rows if r["model"] == "jointformer")
+
+
+def test_verify_refuses_a_model_without_a_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("VOSTOOL_HOME", str(tmp_path))
+    path = tmp_path / "jointformer.pth"
+    torch.save({"w": torch.zeros(1)}, path)
+    result = runner.invoke(app, ["weights", "verify", str(path), "--model", "jointformer"])
+    assert result.exit_code == 2
+    assert "no jointformer network yet" in result.output and "Traceback" not in result.output
 
 
 def test_path_is_inside_vostool_home(tmp_path, monkeypatch):

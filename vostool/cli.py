@@ -228,7 +228,7 @@ def weights_list(
         size = (cached.stat().st_size, False) if cached else (ckpt.size_bytes or ckpt.approx_size_bytes,
                                                                 ckpt.size_bytes is None)
         rows.append({"model": ckpt.model, "checkpoint": ckpt.name, "default": ckpt.default,
-                     "available": ckpt.model_available and ckpt.model in MODELS,
+                     "available": ckpt.model in MODELS,
                      "cached": str(cached) if cached else None, "size": size, "source": ckpt.source})
     if as_json:
         print(json.dumps([{**r, "size": r["size"][0]} for r in rows]))

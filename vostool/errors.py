@@ -28,5 +28,9 @@ class ModelError(VostoolError):
     """Unknown model name, or weights that are not a checkpoint of that model."""
 
 
+class UnknownModelError(ModelError):
+    """A model name vostool cannot build (a typo, or a method whose network is not implemented yet)."""
+
+
 class OutputError(VostoolError):
     """An output location cannot be written."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ModelError
+from ..errors import UnknownModelError
 
 if TYPE_CHECKING:  # torch is imported only when a model is built, so `vostool --help` starts fast
     import torch
@@ -117,7 +117,7 @@ def get_model_info(name: str) -> ModelInfo:
     try:
         return MODELS[name]
     except KeyError:
-        raise ModelError(f"unknown model '{name}' (available: {', '.join(MODELS)})") from None
+        raise UnknownModelError(f"unknown model '{name}' (available: {', '.join(MODELS)})") from None
 
 
 def build_model(name: str, weights: Path | None, device: torch.device) -> VOSNetwork:

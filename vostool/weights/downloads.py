@@ -43,7 +43,7 @@ from vostool import __version__
 from vostool.errors import InputError, ModelError, OutputError
 from vostool.weights.cache import cache_file, is_sha256, read_recorded_sha256, record_sha256
 from vostool.weights.registry import Checkpoint
-from vostool.weights.verify import LayoutProvider, check_hashes, verify
+from vostool.weights.verify import LayoutProvider, check_hashes, default_layout_of, layout_for, verify
 
 DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF_S = 1.0
@@ -88,11 +88,10 @@ def download(
         raise InputError(f"{expected_sha256!r} is not a sha256 (64 hex digits)")
     if ckpt.bundled:
         return checked_cache_file(ckpt, expected_sha256=expected_sha256, layout_of=layout_of)
-    if not ckpt.model_available:
-        raise ModelError(
-            f"{ckpt.name}: vostool has no {ckpt.model} network yet, so this checkpoint cannot be "
-            f"verified or used (it is at {ckpt.urls[0]})"
-        )
+    try:  # refuse before any network access when there is no network to check the file against
+        layout_for(ckpt.layout, layout_of or default_layout_of)
+    except ModelError as exc:
+        raise ModelError(f"{ckpt.name}: {exc} (the file is at {ckpt.urls[0]})") from None
     target = cache_file(ckpt)
     if target.is_file() and not force:
         return checked_cache_file(ckpt, expected_sha256=expected_sha256, layout_of=layout_of)

@@ -46,8 +46,6 @@ class Checkpoint:
     """The paper's or README's headline numbers for this file: (benchmark and metric, value)."""
     default: bool = False
     """Whether ``--model <model>`` uses this file when no ``--weights`` is given."""
-    model_available: bool = True
-    """False while vostool has no network for ``model`` yet: the file is listed but cannot be used."""
     locate: Callable[[], str] | None = field(default=None, compare=False, repr=False)
     """For files shipped inside an installed package: returns the file's path (no download)."""
 
@@ -245,8 +243,6 @@ _JOINTFORMER = tuple(
         headline=headline,
         # The best DAVIS/YouTubeVOS model, as STCN's default is its BL30K-pretrained s012.
         default=stages == "s012",
-        # vostool has no JointFormer network yet; flip this when vostool.models gains one.
-        model_available=False,
     )
     for stages, what, headline in _JOINTFORMER_FILES
 )

@@ -12,12 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from vostool.errors import InputError, ModelError
+from vostool.errors import InputError, ModelError, UnknownModelError
 from vostool.weights.cache import cache_file, is_sha256, read_recorded_sha256, sha256_file
 from vostool.weights.registry import Checkpoint, list_checkpoints
 
 LayoutProvider = Callable[[str], Mapping[str, tuple[int, ...]]]
-"""Returns the exact state-dict layout (key -> shape) that a model's checkpoint must have."""
+"""Returns the exact state-dict layout (key -> shape) that a model's checkpoint must have, and raises
+:class:`UnknownModelError` for a model vostool cannot build: that is what makes a model "available"."""
 
 
 @dataclass(frozen=True)
@@ -140,13 +141,6 @@ def _model_to_check(path: Path, model: str | None, checkpoint: Checkpoint | None
         if checkpoint is None:
             raise ModelError("cannot tell which model this file belongs to; name the model", path)
         model = checkpoint.layout
-    unavailable = {c.model for c in list_checkpoints() if not c.model_available}
-    if model in unavailable:
-        raise ModelError(
-            f"cannot check the layout: vostool has no {model} network yet (its checkpoints are "
-            "registered, but the model is not available)",
-            path,
-        )
     return model
 
 
@@ -154,6 +148,20 @@ def _check_layout(path: Path, model: str, layout_of: LayoutProvider) -> dict:
     # Imported here: the models package is heavier than the registry and not needed for listing.
     from vostool.models.checkpoint import check_layout, load_checkpoint
 
+    expected = layout_for(model, layout_of)
     state = load_checkpoint(path)
-    check_layout(state, layout_of(model), model, path)
+    check_layout(state, expected, model, path)
     return state
+
+
+def layout_for(model: str, layout_of: LayoutProvider) -> Mapping[str, tuple[int, ...]]:
+    """``layout_of(model)``, with a clear error for a registered method whose network vostool lacks."""
+    try:
+        return layout_of(model)
+    except UnknownModelError:
+        if any(c.layout == model for c in list_checkpoints()):
+            raise ModelError(
+                f"vostool has no {model} network yet: its checkpoints are registered but cannot be "
+                "checked or used"
+            ) from None
+        raise
