@@ -39,18 +39,40 @@ class MemoryBank:
         return None
 
     def add(self, entry: MemoryEntry, permanent: bool) -> None:
-        # Every write replaces the temporary slot (official STCN/SimVOS behaviour).
-        self.temporary = None
         if not permanent:
             self.temporary = entry
             return
-        self.permanent.append(entry)
         self.last_written = entry.frame_index
+        if self.schedule.keep_temporary:
+            self._add_keeping_temporary(entry)
+            return
+        # Every write replaces the temporary slot (official STCN/SimVOS behaviour).
+        self.temporary = None
+        self.permanent.append(entry)
+        if self._over_cap():
+            self._drop_oldest_unpinned()
+
+    def _add_keeping_temporary(self, entry: MemoryEntry) -> None:
+        """XMem-style: make room first; a frame that cannot get a permanent place becomes temporary."""
+        if self._at_cap() and not self._drop_oldest_unpinned() and not entry.pinned:
+            self.temporary = entry
+            return
+        self.permanent.append(entry)
+
+    def _at_cap(self) -> bool:
         cap = self.schedule.max_frames
-        if cap is not None and len(self.permanent) > cap:
-            oldest_unpinned = next((i for i, e in enumerate(self.permanent) if not e.pinned), None)
-            if oldest_unpinned is not None:
-                del self.permanent[oldest_unpinned]
+        return cap is not None and len(self.permanent) >= cap
+
+    def _over_cap(self) -> bool:
+        cap = self.schedule.max_frames
+        return cap is not None and len(self.permanent) > cap
+
+    def _drop_oldest_unpinned(self) -> bool:
+        oldest_unpinned = next((i for i, e in enumerate(self.permanent) if not e.pinned), None)
+        if oldest_unpinned is None:
+            return False
+        del self.permanent[oldest_unpinned]
+        return True
 
     def views(self, objects: list[int]) -> list[MemoryView]:
         """Split ``objects`` into groups that are held by the same entries, one view per group.

@@ -32,11 +32,12 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # Internal short side in pixels, or None for native size. Resizing happens on the normalised
-    # float tensor (bicubic, align_corners=False, no antialias), as the official STCN/SimVOS code
-    # does; the long side is int(size * long / short). A frame whose short side already equals
-    # `short_side` is left untouched.
+    # float tensor (`resize_mode`, align_corners=False, no antialias), as the official STCN/SimVOS
+    # (bicubic) and JointFormer (bilinear) code does; the long side is int(size * long / short).
+    # A frame whose short side already equals `short_side` is left untouched.
     short_side: int | None = 480
     stride: int = 16  # pad H and W up to a multiple of this, centred, zeros in normalised space
+    resize_mode: str = "bicubic"
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,17 @@ class MemorySchedule:
     frame is kept in a one-frame temporary slot that every write replaces (SimVOS's "previous frame").
     ``max_frames``: cap on permanent entries; pinned entries stay, the oldest unpinned ones are dropped.
     The last frame of a video is never written (nothing reads it).
+
+    ``keep_temporary``: the XMem-style store (JointFormer). A permanent write leaves the temporary
+    slot as it is (it may then hold a frame older than the newest permanent one), and a due frame
+    that finds ``max_frames`` reached with nothing droppable (every entry pinned) goes to the
+    temporary slot instead of being discarded.
     """
 
     mem_every: int | None = 5
     include_last: bool = False
     max_frames: int | None = None
+    keep_temporary: bool = False
 
 
 @dataclass

@@ -41,15 +41,15 @@ def resized_size(size: tuple[int, int], short_side: int | None) -> tuple[int, in
 def preprocess_frame(frame: np.ndarray, geom: Geometry, prep: Preprocessing, device: torch.device) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> normalised, resized, zero-padded (1, 3, Hp, Wp) float32 on ``device``.
 
-    Normalise first, then resize the float tensor with bicubic and *no* antialias (what the official
-    code did with torchvision 0.9), then pad with zeros in normalised space (= the mean colour).
+    Normalise first, then resize the float tensor (``prep.resize_mode``) with *no* antialias (what the
+    official code did with torchvision 0.9 / 0.12), then pad with zeros in normalised space (= the mean colour).
     """
     x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float().div(255)
     mean = torch.tensor(prep.mean, device=device).view(3, 1, 1)
     std = torch.tensor(prep.std, device=device).view(3, 1, 1)
     x = ((x - mean) / std).unsqueeze(0)
     if geom.resized != geom.original:
-        x = F.interpolate(x, size=geom.resized, mode="bicubic", align_corners=False, antialias=False)
+        x = F.interpolate(x, size=geom.resized, mode=prep.resize_mode, align_corners=False, antialias=False)
     return F.pad(x, geom.pad)
 
 

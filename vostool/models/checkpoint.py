@@ -123,6 +123,19 @@ def check_layout(
         raise ModelError(f"not a {model_name} checkpoint: " + ", ".join(problems), path)
 
 
+def pad_input_channel(state: dict[str, torch.Tensor], key: str, channels: int) -> dict[str, torch.Tensor]:
+    """Give the conv weight ``key`` of a single-object (stage-0) checkpoint a zero last input channel.
+
+    Stage-0 files were trained without the "other objects" mask; a zero channel makes that input
+    have no effect. States whose ``key`` already has ``channels`` inputs (or is absent) are returned as is.
+    """
+    weight = state.get(key)
+    if weight is None or weight.dim() != 4 or weight.shape[1] != channels - 1:
+        return state
+    zeros = weight.new_zeros((weight.shape[0], 1, *weight.shape[2:]))
+    return {**state, key: torch.cat([weight, zeros], dim=1)}
+
+
 def _names(items: list[str]) -> str:
     shown = ", ".join(items[:_NAMES_SHOWN])
     return shown + (", ..." if len(items) > _NAMES_SHOWN else "")

@@ -22,7 +22,8 @@ from torchvision.models.resnet import Bottleneck
 from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
 from vostool.engine.readout import topk_l2_readout
 from vostool.engine.timing import stage
-from vostool.models.checkpoint import check_layout, expected_layout, load_checkpoint
+from vostool.models.adapter import TopKAdapter
+from vostool.models.checkpoint import check_layout, expected_layout, load_checkpoint, pad_input_channel
 
 KEY_DIM = 64
 VALUE_DIM = 512
@@ -333,7 +334,7 @@ class STCNQuery:
     f4: torch.Tensor  # (1, 256, 4h, 4w)
 
 
-class STCNNetwork:
+class STCNNetwork(TopKAdapter):
     """:class:`~vostool.engine.protocol.VOSNetwork` for STCN.
 
     Memory keys are k16 ``(1, 64, h, w)``; memory values are ``(K, 512, h, w)`` per entry (the
@@ -342,20 +343,9 @@ class STCNNetwork:
     top-k 20. DAVIS evaluation uses native resolution (``short_side=None``).
     """
 
-    def __init__(
-        self,
-        net: STCN,
-        device: str | torch.device = "cpu",
-        *,
-        preprocessing: Preprocessing | None = None,
-        schedule: MemorySchedule | None = None,
-        top_k: int = TOP_K,
-    ) -> None:
-        self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
-        self.preprocessing = preprocessing or Preprocessing(short_side=SHORT_SIDE, stride=STRIDE)
-        self.schedule = schedule or MemorySchedule(mem_every=MEM_EVERY, include_last=False, max_frames=None)
-        self.top_k = top_k
+    default_preprocessing = Preprocessing(short_side=SHORT_SIDE, stride=STRIDE)
+    default_schedule = MemorySchedule(mem_every=MEM_EVERY, include_last=False, max_frames=None)
+    default_top_k = TOP_K
 
     @torch.no_grad()
     def encode_query(self, image: torch.Tensor) -> STCNQuery:
@@ -399,14 +389,9 @@ def _concat_memory(memory: MemoryView) -> tuple[torch.Tensor, torch.Tensor]:
 def pad_stage0_conv1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Give a stage-0 (single-object) checkpoint's 4-channel value conv1 a zero 5th channel.
 
-    This is the only change the official eval scripts make before their strict load; the zero
-    channel makes the "others" mask, which stage 0 never saw, have no effect.
+    This is the only change the official eval scripts make before their strict load.
     """
-    weight = state.get(_STAGE0_CONV1)
-    if weight is None or weight.dim() != 4 or weight.shape[1] != 4:
-        return state
-    zeros = weight.new_zeros((weight.shape[0], 1, *weight.shape[2:]))
-    return {**state, _STAGE0_CONV1: torch.cat([weight, zeros], dim=1)}
+    return pad_input_channel(state, _STAGE0_CONV1, channels=5)
 
 
 def load_stcn_state(net: STCN, state: dict[str, torch.Tensor], path: str | Path) -> None:
