@@ -41,6 +41,7 @@ from vostool.weights import (
     verify,
     weights_dir,
 )
+from vostool.models.registry import MODELS
 from vostool.weights import registry
 from vostool.weights.downloads import drive_confirmation, part_file
 
@@ -436,7 +437,9 @@ def test_force_downloads_again(server: Server):
     assert len(server.log.hits("/toy.pth")) == 2
 
 
-def test_unavailable_model_is_not_downloaded():
+def test_unavailable_model_is_not_downloaded(monkeypatch):
+    # A registered method whose network is not (or no longer) in the model registry.
+    monkeypatch.delitem(MODELS, "jointformer")
     jointformer = default_checkpoint("jointformer")
     assert jointformer is not None
     with pytest.raises(ModelError, match="no jointformer network yet"):

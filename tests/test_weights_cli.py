@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from vostool.cli import app
 from vostool.models.checkpoint import expected_layout
+from vostool.models.registry import MODELS
 from vostool.models.stcn import STCN
 
 runner = CliRunner()
@@ -26,12 +27,20 @@ def test_list_shows_every_model_and_the_bundled_default(tmp_path, monkeypatch):
     assert lite["cached"] and lite["available"]
     stcn = next(r for r in rows if r["model"] == "stcn" and r["default"])
     assert stcn["cached"] is None and stcn["source"] and stcn["available"]
-    # listed because its checkpoints are registered, but vostool cannot build the network yet
+    assert all(r["available"] for r in rows if r["model"] == "jointformer")
+
+
+def test_list_marks_a_model_without_a_network_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setenv("VOSTOOL_HOME", str(tmp_path))
+    monkeypatch.delitem(MODELS, "jointformer")
+    rows = json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout)
+    # listed because its checkpoints are registered, but vostool cannot build the network
     assert not any(r["available"] for r in rows if r["model"] == "jointformer")
 
 
 def test_verify_refuses_a_model_without_a_network(tmp_path, monkeypatch):
     monkeypatch.setenv("VOSTOOL_HOME", str(tmp_path))
+    monkeypatch.delitem(MODELS, "jointformer")
     path = tmp_path / "jointformer.pth"
     torch.save({"w": torch.zeros(1)}, path)
     result = runner.invoke(app, ["weights", "verify", str(path), "--model", "jointformer"])

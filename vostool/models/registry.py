@@ -80,6 +80,18 @@ def _simvos(variant: str) -> tuple[Builder, Layout]:
     return build, layout
 
 
+def _jointformer(weights: Path | None, device: torch.device) -> VOSNetwork:
+    from .jointformer import build_jointformer
+
+    return build_jointformer(weights, device)
+
+
+def _jointformer_layout() -> dict[str, tuple[int, ...]]:
+    from .jointformer import checkpoint_layout
+
+    return checkpoint_layout()
+
+
 DEFAULT_MODEL = "propagate-lite0"
 
 MODELS: dict[str, ModelInfo] = {
@@ -105,6 +117,13 @@ MODELS: dict[str, ModelInfo] = {
                   *_simvos("simvos-l"), needs_checkpoint=True),
         ModelInfo("simvos-bs", "SimVOS-BS (CVPR 2023): ViT-B, within-frame attention + token refinement (faster)",
                   *_simvos("simvos-bs"), needs_checkpoint=True),
+        ModelInfo(
+            "jointformer",
+            "JointFormer (TPAMI 2025): one ConvMAE for features, matching and a compressed-memory token",
+            _jointformer,
+            _jointformer_layout,
+            needs_checkpoint=True,
+        ),
     ]
 }
 
