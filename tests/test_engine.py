@@ -190,3 +190,32 @@ def test_memory_cap_holds_on_a_long_clip():
         prop.step(frame, truth[0] if t == 0 else None)
         assert len(prop.bank) <= 3
     assert prop.bank.entries[0].frame_index == 0  # the annotated frame stays pinned
+
+
+class PaddingRecorder(ColourMatcher):
+    """Predicts 0.5 everywhere (the padding included) and records the masks it is asked to memorise."""
+
+    def __init__(self, zero_padded: bool) -> None:
+        super().__init__()
+        self.preprocessing = Preprocessing(short_side=None, stride=8, zero_padded_memory_masks=zero_padded)
+        self.memorised: list[torch.Tensor] = []
+
+    def encode_value(self, image, query, masks):
+        self.memorised.append(masks.clone())
+        return super().encode_value(image, query, masks)
+
+    def segment(self, query, memory):
+        return torch.full((len(memory.objects), 1, *(8 * s for s in query.shape[1:])), 0.5)
+
+
+@pytest.mark.parametrize("zero_padded", [True, False])
+def test_memory_masks_are_zero_in_the_padding_when_the_network_asks(zero_padded):
+    frames, truth = moving_squares(3, size=(44, 60))  # padded to 48 x 64: 2 pixels on every side
+    network = PaddingRecorder(zero_padded)
+    list(propagate(network, frames, {0: truth[0]}, num_frames=3))
+    predicted = network.memorised[1]  # frame 1: a prediction, not the given mask
+    inside = predicted[:, :, 2:-2, 2:-2]
+    assert torch.all(inside > 0)
+    border = predicted.clone()
+    border[:, :, 2:-2, 2:-2] = 0
+    assert (torch.count_nonzero(border) == 0) == zero_padded

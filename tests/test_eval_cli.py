@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import DAVIS_MINI, EVAL_VECTORS, require
 from vostool.cli import app
+from vostool.io.palette import DAVIS_PALETTE
 
 runner = CliRunner()
 
@@ -37,14 +41,8 @@ def test_eval_needs_results_or_model(tmp_path):
     assert result.exit_code == 2 and "--results" in result.output
 
 
-def test_eval_with_model_segments_then_scores(tmp_path):
-    """`--model` on a tiny DAVIS-layout set: results are written per sequence, then scored."""
-    import numpy as np
-    from PIL import Image
-
-    from vostool.io.palette import DAVIS_PALETTE
-
-    root = tmp_path / "davis"
+def _tiny_davis(root: Path) -> Path:
+    """Two 4-frame DAVIS-layout sequences of a yellow box sliding over a grey background."""
     for seq, shift in (("a", 2), ("b", -2)):
         (root / "JPEGImages" / "480p" / seq).mkdir(parents=True)
         (root / "Annotations" / "480p" / seq).mkdir(parents=True)
@@ -60,6 +58,12 @@ def test_eval_with_model_segments_then_scores(tmp_path):
             mask.save(root / "Annotations" / "480p" / seq / f"{t:05d}.png")
     (root / "ImageSets" / "2017").mkdir(parents=True)
     (root / "ImageSets" / "2017" / "val.txt").write_text("a\nb\n")
+    return root
+
+
+def test_eval_with_model_segments_then_scores(tmp_path):
+    """`--model` on a tiny DAVIS-layout set: results are written per sequence, then scored."""
+    root = _tiny_davis(tmp_path / "davis")
     results = tmp_path / "results"
     result = runner.invoke(app, ["eval", "--davis", str(root), "--model", "propagate-lite0", "--results",
                                  str(results), "--size", "128", "--device", "cpu", "--workers", "1", "--json",
@@ -69,3 +73,20 @@ def test_eval_with_model_segments_then_scores(tmp_path):
     assert len(list((results / "b").glob("*.png"))) == 4
     scores = json.loads(result.stdout)
     assert scores.get("global", scores)["J&F-Mean"] > 0.7
+
+
+def test_segment_davis_uses_a_given_network(tmp_path, monkeypatch):
+    """Scoring a variant of a model (scripts/sweep_propagate.py) must not rebuild the shipped one."""
+    import vostool.api
+    from vostool.eval.predict import segment_davis
+    from vostool.models.propagate import build_propagate_lite0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_network called although a network was given")
+
+    monkeypatch.setattr(vostool.api, "load_network", refuse)
+    network = build_propagate_lite0()
+    network.settings.temperature = 0.2
+    names = segment_davis(_tiny_davis(tmp_path / "davis"), tmp_path / "results", network=network, device="cpu",
+                          size=128)
+    assert names == ["a", "b"] and len(list((tmp_path / "results" / "a").glob("*.png"))) == 4

@@ -22,7 +22,7 @@ from .aggregate import aggregate
 from .memory import MemoryBank
 from .protocol import MemoryEntry, MemorySchedule, Preprocessing, VOSNetwork
 from .timing import stage
-from .transforms import Geometry, preprocess_frame, preprocess_masks, unpad_and_resize
+from .transforms import Geometry, clear_padding, preprocess_frame, preprocess_masks, unpad_and_resize
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -159,8 +159,11 @@ class VideoPropagator:
         kind = "permanent" if annotated else self.bank.due(t)
         if kind is None:
             return
+        masks = prob[1:]
+        if self.prep.zero_padded_memory_masks:
+            masks = clear_padding(masks, self.geometry)
         with self._autocast():
-            values = self.network.encode_value(image, query, prob[1:])
+            values = self.network.encode_value(image, query, masks)
             key = self.network.memory_key(query)
         entry = MemoryEntry(t, key, values, tuple(range(len(self.object_ids))), pinned=annotated)
         self.bank.add(entry, permanent=kind == "permanent")

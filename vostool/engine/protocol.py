@@ -38,6 +38,10 @@ class Preprocessing:
     short_side: int | None = 480
     stride: int = 16  # pad H and W up to a multiple of this, centred, zeros in normalised space
     resize_mode: str = "bicubic"
+    # True for official loops that crop a prediction to the frame and pad it again with zeros before
+    # memorising it (STM-style, SITVOS): the masks encode_value sees are then zero in the padding.
+    # False keeps the network's own prediction there (STCN and SimVOS work at the padded size).
+    zero_padded_memory_masks: bool = False
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,13 @@ def preprocess_masks(planes: torch.Tensor, geom: Geometry) -> torch.Tensor:
     return F.pad(planes, geom.pad)
 
 
+def clear_padding(planes: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """(C, 1, Hp, Wp) planes with the padded border set to zero: cropped to the frame and padded again."""
+    left, right, top, bottom = geom.pad
+    hp, wp = geom.padded
+    return F.pad(planes[:, :, top : hp - bottom, left : wp - right], geom.pad)
+
+
 def unpad_and_resize(prob: torch.Tensor, geom: Geometry) -> torch.Tensor:
     """(C, 1, Hp, Wp) probabilities -> crop the padding -> bilinear to the original size (C, H0, W0)."""
     left, right, top, bottom = geom.pad

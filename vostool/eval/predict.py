@@ -23,8 +23,8 @@ def segment_davis(
 
     Results go to ``results_dir/<sequence>/<frame>.png`` (the DAVIS results layout), replacing older
     files of the same name. ``segment_options`` are passed to :func:`vostool.api.segment` (model,
-    weights, device, size, precision, ...). ``on_sequence(name, index, total)`` is called before each
-    sequence. Returns the sequence names.
+    weights, device, size, precision, ...), or ``network=`` an already built network (to score variants of
+    one). ``on_sequence(name, index, total)`` is called before each sequence. Returns the sequence names.
     """
     from vostool.api import load_network, resolve_device, segment
     from vostool.models.registry import DEFAULT_MODEL
@@ -33,7 +33,7 @@ def segment_davis(
     names = read_sequence_names(davis_root, subset, str(year))
     # Build (and download / hash-check) the model once for the whole set, not once per sequence.
     device = resolve_device(segment_options.pop("device", "auto"))
-    network = load_network(
+    network = segment_options.pop("network", None) or load_network(
         segment_options.get("model", DEFAULT_MODEL), segment_options.pop("weights", None), device,
         offline=segment_options.pop("offline", False),
     )

@@ -136,6 +136,12 @@ def pad_input_channel(state: dict[str, torch.Tensor], key: str, channels: int) -
     return {**state, key: torch.cat([weight, zeros], dim=1)}
 
 
+def load_exact_state(net: nn.Module, state: Mapping[str, torch.Tensor], model_name: str, path: str | Path) -> None:
+    """Load ``state`` into ``net`` strictly, after :func:`check_layout` has explained any mismatch."""
+    check_layout(state, expected_layout(net), model_name, path)
+    net.load_state_dict(state, strict=True)
+
+
 def _names(items: list[str]) -> str:
     shown = ", ".join(items[:_NAMES_SHOWN])
     return shown + (", ..." if len(items) > _NAMES_SHOWN else "")

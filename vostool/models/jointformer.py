@@ -32,7 +32,7 @@ from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
 from vostool.engine.timing import stage
 from vostool.errors import ModelError
 from vostool.models.adapter import TopKAdapter
-from vostool.models.checkpoint import check_layout, expected_layout, load_checkpoint, pad_input_channel
+from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state, pad_input_channel
 from vostool.models.simvos import VIT_EPS, Block
 from vostool.models.stcn import FeatureFusion, UpsampleBlock, _conv3x3, others_masks
 
@@ -435,10 +435,8 @@ def load_jointformer_state(state: Mapping[str, torch.Tensor], path: str | Path, 
     appends a random slice instead, which makes s0 non-deterministic).
     """
     state = pad_input_channel(dict(state), MEMORY_INPUT, channels=5)
-    net = network_for(state)
-    check_layout(state, expected_layout(net), "JointFormer", path)
-    net.to_empty(device=device)
-    net.load_state_dict(state, strict=True)
+    net = network_for(state).to_empty(device=device)
+    load_exact_state(net, state, "JointFormer", path)
     return net
 
 

@@ -66,6 +66,18 @@ def _stcn_layout() -> dict[str, tuple[int, ...]]:
         return expected_layout(STCN())
 
 
+def _sitvos(weights: Path | None, device: torch.device) -> VOSNetwork:
+    from .sitvos import build_sitvos
+
+    return build_sitvos(weights, device)
+
+
+def _sitvos_layout() -> dict[str, tuple[int, ...]]:
+    from .sitvos import checkpoint_layout
+
+    return checkpoint_layout()
+
+
 def _simvos(variant: str) -> tuple[Builder, Layout]:
     def build(weights: Path | None, device: torch.device) -> VOSNetwork:
         from .simvos import build_simvos
@@ -109,6 +121,13 @@ MODELS: dict[str, ModelInfo] = {
             "STCN (NeurIPS 2021): space-time correspondence, L2 affinity, top-k memory readout",
             _stcn,
             _stcn_layout,
+            needs_checkpoint=True,
+        ),
+        ModelInfo(
+            "sitvos",
+            "SITVOS (AAAI 2022): Siamese ResNet-50 + interactive transformer; no released weights (--weights)",
+            _sitvos,
+            _sitvos_layout,
             needs_checkpoint=True,
         ),
         ModelInfo("simvos-b", "SimVOS-B (CVPR 2023): one ViT-B for joint feature extraction and matching",

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import Bottleneck
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
 from vostool.engine.readout import topk_l2_readout
 from vostool.engine.timing import stage
 from vostool.models.adapter import TopKAdapter
-from vostool.models.checkpoint import check_layout, expected_layout, load_checkpoint, pad_input_channel
+from vostool.models.checkpoint import load_checkpoint, load_exact_state, pad_input_channel
 
 KEY_DIM = 64
 VALUE_DIM = 512
@@ -43,14 +43,18 @@ def _conv3x3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = True) -> nn.
 # --------------------------------------------------------------------------------------------
 
 
-def _bottleneck_stage(in_ch: int, width: int, blocks: int, stride: int) -> nn.Sequential:
-    """A torchvision ResNet-50 stage (stride on the 3x3 conv, projection shortcut in block 0)."""
-    out_ch = width * Bottleneck.expansion
-    downsample = nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
-    )
-    layers = [Bottleneck(in_ch, width, stride, downsample)]
-    layers += [Bottleneck(out_ch, width) for _ in range(blocks - 1)]
+def resnet_stage(
+    block: type[Bottleneck] | type[BasicBlock], in_ch: int, width: int, blocks: int, stride: int
+) -> nn.Sequential:
+    """A torchvision ResNet stage: stride in block 0, projection shortcut there when the shape changes."""
+    out_ch = width * block.expansion
+    downsample = None
+    if stride != 1 or in_ch != out_ch:
+        downsample = nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+        )
+    layers = [block(in_ch, width, stride, downsample)]
+    layers += [block(out_ch, width) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
@@ -63,9 +67,9 @@ class KeyEncoder(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.res2 = _bottleneck_stage(64, 64, blocks=3, stride=1)
-        self.layer2 = _bottleneck_stage(256, 128, blocks=4, stride=2)
-        self.layer3 = _bottleneck_stage(512, 256, blocks=6, stride=2)
+        self.res2 = resnet_stage(Bottleneck, 64, 64, blocks=3, stride=1)
+        self.layer2 = resnet_stage(Bottleneck, 256, 128, blocks=4, stride=2)
+        self.layer3 = resnet_stage(Bottleneck, 512, 256, blocks=6, stride=2)
 
     def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(frame))))
@@ -396,9 +400,7 @@ def pad_stage0_conv1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_stcn_state(net: STCN, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Check ``state`` against the network's own layout, then load it strictly into ``net``."""
-    state = pad_stage0_conv1(state)
-    check_layout(state, expected_layout(net), "STCN", path)
-    net.load_state_dict(state, strict=True)
+    load_exact_state(net, pad_stage0_conv1(state), "STCN", path)
 
 
 def build_stcn(
