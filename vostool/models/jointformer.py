@@ -34,7 +34,7 @@ from vostool.errors import ModelError
 from vostool.models.adapter import TopKAdapter
 from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state, pad_input_channel
 from vostool.models.simvos import VIT_EPS, Block
-from vostool.models.stcn import FeatureFusion, UpsampleBlock, _conv3x3, others_masks
+from vostool.models.stcn import FeatureFusion, UpsampleBlock, conv3x3, others_masks
 
 STRIDE = 16
 DIM = 768
@@ -227,7 +227,7 @@ class JointFormerDecoder(nn.Module):
         self.fuser_16 = FeatureFusion(2 * DIM, 384)
         self.up_16_8 = UpsampleBlock(384, 384, 256)
         self.up_8_4 = UpsampleBlock(256, 256, 256)
-        self.pred = _conv3x3(256, 1)
+        self.pred = conv3x3(256, 1)
         self.fuser_all = DecoderTokenFusion()
 
     def forward(

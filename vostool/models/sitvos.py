@@ -23,7 +23,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
 from vostool.engine.timing import stage
 from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state
-from vostool.models.stcn import ResBlock, resnet_stage
+from vostool.models.stcn import ResBlock, conv3x3, resnet_stage, resnet_stem
 
 MODEL_WIDTH = 128  # transformer width D (the paper says 256; the code uses 128)
 ATTENTION_WIDTH = 64  # query/key width of every attention block
@@ -41,15 +41,6 @@ OFFICIAL_PREPROCESSING = Preprocessing(
 )
 
 
-def _resnet_stem(in_ch: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    """The 7x7 stride-2 convolution and its BatchNorm that open every torchvision ResNet."""
-    return nn.Conv2d(in_ch, 64, kernel_size=7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64)
-
-
-def _conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1)
-
-
 # --------------------------------------------------------------------------------------------
 # Encoders
 # --------------------------------------------------------------------------------------------
@@ -60,7 +51,7 @@ class SiameseEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1, self.bn1 = _resnet_stem(3)
+        self.conv1, self.bn1 = resnet_stem(3)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.res2 = resnet_stage(Bottleneck, 64, 64, blocks=3, stride=1)
         self.res3 = resnet_stage(Bottleneck, 256, 128, blocks=4, stride=2)
@@ -84,7 +75,7 @@ class MaskEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1_m, self.bn1 = _resnet_stem(1)
+        self.conv1_m, self.bn1 = resnet_stem(1)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.res2 = resnet_stage(BasicBlock, 64, 64, blocks=2, stride=1)
         self.res3 = resnet_stage(BasicBlock, 64, 128, blocks=2, stride=2)
@@ -183,7 +174,7 @@ class Refine(nn.Module):
 
     def __init__(self, skip_ch: int) -> None:
         super().__init__()
-        self.convFS = _conv3x3(skip_ch, DECODER_WIDTH)  # noqa: N815 - checkpoint key name
+        self.convFS = conv3x3(skip_ch, DECODER_WIDTH)  # noqa: N815 - checkpoint key name
         self.ResFS = ResBlock(DECODER_WIDTH, DECODER_WIDTH)  # noqa: N815 - checkpoint key name
         self.ResMM = ResBlock(DECODER_WIDTH, DECODER_WIDTH)  # noqa: N815 - checkpoint key name
 
@@ -199,11 +190,11 @@ class SITVOSDecoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.convFM = _conv3x3(512, DECODER_WIDTH)  # noqa: N815 - checkpoint key name
+        self.convFM = conv3x3(512, DECODER_WIDTH)  # noqa: N815 - checkpoint key name
         self.ResMM = ResBlock(DECODER_WIDTH, DECODER_WIDTH)  # noqa: N815 - checkpoint key name
         self.RF3 = Refine(512)
         self.RF2 = Refine(256)
-        self.pred2 = _conv3x3(DECODER_WIDTH, 2)
+        self.pred2 = conv3x3(DECODER_WIDTH, 2)
 
     def forward(self, feature: torch.Tensor, r3: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
         x = self.ResMM(self.convFM(feature))
@@ -233,9 +224,9 @@ class SITVOS(nn.Module):
         super().__init__()
         self.Encoder = SiameseEncoder()  # noqa: N815 - checkpoint key name
         self.Encoder_mask = MaskEncoder()  # noqa: N815 - checkpoint key name
-        self.W_K = _conv3x3(1024, MODEL_WIDTH)  # noqa: N815 - memory-frame key embedding
-        self.W_Q = _conv3x3(1024, MODEL_WIDTH)  # noqa: N815 - query-frame key embedding
-        self.W_mask = _conv3x3(256, MODEL_WIDTH)  # noqa: N815 - mask embedding
+        self.W_K = conv3x3(1024, MODEL_WIDTH)  # noqa: N815 - memory-frame key embedding
+        self.W_Q = conv3x3(1024, MODEL_WIDTH)  # noqa: N815 - query-frame key embedding
+        self.W_mask = conv3x3(256, MODEL_WIDTH)  # noqa: N815 - mask embedding
         self.Memory = InteractiveTransformer()  # noqa: N815 - checkpoint key name
         self.Decoder = SITVOSDecoder()  # noqa: N815 - checkpoint key name
 

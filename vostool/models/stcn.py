@@ -34,13 +34,18 @@ STRIDE = 16
 _STAGE0_CONV1 = "value_encoder.conv1.weight"
 
 
-def _conv3x3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=bias)
 
 
 # --------------------------------------------------------------------------------------------
 # Key encoder: torchvision ResNet-50 truncated after layer3, its first stage named "res2".
 # --------------------------------------------------------------------------------------------
+
+
+def resnet_stem(in_ch: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """The 7x7 stride-2 convolution and its BatchNorm that open every torchvision ResNet."""
+    return nn.Conv2d(in_ch, 64, kernel_size=7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64)
 
 
 def resnet_stage(
@@ -63,8 +68,7 @@ class KeyEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1, self.bn1 = resnet_stem(3)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.res2 = resnet_stage(Bottleneck, 64, 64, blocks=3, stride=1)
@@ -84,7 +88,7 @@ class KeyProjection(nn.Module):
 
     def __init__(self, in_ch: int = 1024, key_dim: int = KEY_DIM) -> None:
         super().__init__()
-        self.key_proj = _conv3x3(in_ch, key_dim)
+        self.key_proj = conv3x3(in_ch, key_dim)
 
     def forward(self, f16: torch.Tensor) -> torch.Tensor:
         return self.key_proj(f16)
@@ -100,10 +104,10 @@ class BiasedBasicBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(in_ch, out_ch, stride)
+        self.conv1 = conv3x3(in_ch, out_ch, stride)
         self.bn1 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(out_ch, out_ch)
+        self.conv2 = conv3x3(out_ch, out_ch)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.downsample = None
         if stride != 1 or in_ch != out_ch:
@@ -127,9 +131,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.downsample = _conv3x3(in_ch, out_ch) if in_ch != out_ch else None
-        self.conv1 = _conv3x3(in_ch, out_ch)
-        self.conv2 = _conv3x3(out_ch, out_ch)
+        self.downsample = conv3x3(in_ch, out_ch) if in_ch != out_ch else None
+        self.conv1 = conv3x3(in_ch, out_ch)
+        self.conv2 = conv3x3(out_ch, out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.conv2(F.relu(self.conv1(F.relu(x))))
@@ -237,7 +241,7 @@ class UpsampleBlock(nn.Module):
 
     def __init__(self, skip_ch: int, up_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.skip_conv = _conv3x3(skip_ch, up_ch)
+        self.skip_conv = conv3x3(skip_ch, up_ch)
         self.out_conv = ResBlock(up_ch, out_ch)
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -255,7 +259,7 @@ class Decoder(nn.Module):
         self.compress = ResBlock(in_ch, 512)
         self.up_16_8 = UpsampleBlock(512, 512, 256)
         self.up_8_4 = UpsampleBlock(256, 256, 256)
-        self.pred = _conv3x3(256, 1)
+        self.pred = conv3x3(256, 1)
 
     def forward(self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
         """Logits ``(K, 1, H, W)`` at the padded input resolution."""
@@ -290,7 +294,7 @@ class STCN(nn.Module):
         self.key_encoder = KeyEncoder()
         self.value_encoder = ValueEncoder()
         self.key_proj = KeyProjection()
-        self.key_comp = _conv3x3(1024, VALUE_DIM)
+        self.key_comp = conv3x3(1024, VALUE_DIM)
         self.decoder = Decoder()
 
     def encode_key(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
