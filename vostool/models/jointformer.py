@@ -33,7 +33,7 @@ from vostool.engine.timing import stage
 from vostool.errors import ModelError
 from vostool.models.adapter import TopKAdapter
 from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state, pad_input_channel
-from vostool.models.simvos import VIT_EPS, Block
+from vostool.models.simvos import VIT_EPS, Block, resize_position_table
 from vostool.models.stcn import FeatureFusion, UpsampleBlock, conv3x3, others_masks
 
 STRIDE = 16
@@ -191,13 +191,8 @@ class ConvMAE(nn.Module):
         self.norm = nn.LayerNorm(DIM, eps=VIT_EPS)
 
     def position_table(self, grid: tuple[int, int]) -> torch.Tensor:
-        """The 24x24 table resized bicubically to ``grid`` = (h, w): (h*w, C)."""
-        table = self.pos_embed[0, 1:]
-        if grid == (TABLE_GRID, TABLE_GRID):
-            return table
-        square = table.reshape(1, TABLE_GRID, TABLE_GRID, DIM).permute(0, 3, 1, 2)
-        resized = F.interpolate(square, size=grid, mode="bicubic", align_corners=False)
-        return resized.permute(0, 2, 3, 1).flatten(1, 2)[0]
+        """The 24x24 table resized to ``grid`` = (h, w): (h*w, C)."""
+        return resize_position_table(self.pos_embed[0, 1:], grid)
 
     def token_position(self) -> torch.Tensor:
         """Position of the memory-token slot, (1, 1, C)."""

@@ -197,13 +197,8 @@ class SimVOSNet(nn.Module):
             self.tlearner_back = TokenRefiner(dim, config.prototypes)
 
     def position_table(self, grid: tuple[int, int]) -> torch.Tensor:
-        """The checkpoint's 24x24 table resized bicubically to ``grid`` = (h, w): (h*w, C)."""
-        table = self.pos_embed_new[0, 1:]
-        if grid == (TABLE_GRID, TABLE_GRID):
-            return table
-        square = table.reshape(1, TABLE_GRID, TABLE_GRID, -1).permute(0, 3, 1, 2)
-        resized = F.interpolate(square, size=grid, mode="bicubic", align_corners=False)
-        return resized.permute(0, 2, 3, 1).flatten(1, 2)[0]
+        """The checkpoint's 24x24 table resized to ``grid`` = (h, w): (h*w, C)."""
+        return resize_position_table(self.pos_embed_new[0, 1:], grid)
 
     def run_blocks(self, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
         for block in self.blocks[start:stop]:
@@ -359,12 +354,20 @@ def build_network(variant: str) -> SimVOSNet:
     return SimVOSNet(variant_config(variant))
 
 
+def resize_position_table(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A square ``(n*n, C)`` position table resized bicubically to ``grid`` = (h, w): ``(h*w, C)``."""
+    side = math.isqrt(table.shape[0])
+    if grid == (side, side):
+        return table
+    square = table.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(square, size=grid, mode="bicubic", align_corners=False)
+    return resized.permute(0, 2, 3, 1).flatten(1, 2)[0]
+
+
 def rebuilt_position_table(pos_embed: torch.Tensor) -> torch.Tensor:
     """pos_embed_new as the official constructor derives it from the MAE 14x14 table: (1, 577, C)."""
-    grid = math.isqrt(pos_embed.shape[1] - 1)
-    square = pos_embed[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
-    resized = F.interpolate(square, size=(TABLE_GRID, TABLE_GRID), mode="bicubic", align_corners=False)
-    return torch.cat([pos_embed[:, :1], resized.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+    resized = resize_position_table(pos_embed[0, 1:], (TABLE_GRID, TABLE_GRID))
+    return torch.cat([pos_embed[:, :1], resized[None]], dim=1)
 
 
 def load_weights(net: SimVOSNet, state: Mapping[str, torch.Tensor], variant: str, path: str | Path) -> None:
