@@ -43,29 +43,18 @@ class MemoryBank:
             self.temporary = entry
             return
         self.last_written = entry.frame_index
-        if self.schedule.keep_temporary:
-            self._add_keeping_temporary(entry)
-            return
-        # Every write replaces the temporary slot (official STCN/SimVOS behaviour).
-        self.temporary = None
-        self.permanent.append(entry)
-        if self._over_cap():
-            self._drop_oldest_unpinned()
-
-    def _add_keeping_temporary(self, entry: MemoryEntry) -> None:
-        """XMem-style: make room first; a frame that cannot get a permanent place becomes temporary."""
+        if not self.schedule.keep_temporary:
+            self.temporary = None  # every permanent write replaces the temporary slot (STCN/SimVOS)
         if self._at_cap() and not self._drop_oldest_unpinned() and not entry.pinned:
-            self.temporary = entry
+            # No room and nothing to drop: XMem-style stores keep the frame as the temporary one.
+            if self.schedule.keep_temporary:
+                self.temporary = entry
             return
         self.permanent.append(entry)
 
     def _at_cap(self) -> bool:
         cap = self.schedule.max_frames
         return cap is not None and len(self.permanent) >= cap
-
-    def _over_cap(self) -> bool:
-        cap = self.schedule.max_frames
-        return cap is not None and len(self.permanent) > cap
 
     def _drop_oldest_unpinned(self) -> bool:
         oldest_unpinned = next((i for i, e in enumerate(self.permanent) if not e.pinned), None)
