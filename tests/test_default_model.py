@@ -35,6 +35,12 @@ def test_stride_two_conv_pads_less_before_than_after():
     assert conv(x).shape[-2:] == (4, 4)
 
 
+def test_stride_one_conv_is_symmetric_same_padding():
+    conv = SameConv2d(1, 1, 5)
+    x = torch.randn(1, 1, 9, 8)
+    assert torch.allclose(conv(x), F.conv2d(F.pad(x, (2, 2, 2, 2)), conv.weight))
+
+
 def test_lite0_recognises_a_black_swan():
     """The backbone is really ImageNet Lite0: class 100 (black swan) on the first blackswan frame."""
     from PIL import Image

@@ -52,9 +52,13 @@ class SameConv2d(nn.Conv2d):
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=False)
+        # Stride 1 (odd kernels only here): SAME is symmetric, so the conv pads itself without a copy.
+        padding = kernel // 2 if stride == 1 else 0
+        super().__init__(in_ch, out_ch, kernel, stride=stride, padding=padding, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (1, 1):
+            return super().forward(x)
         pad_h = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         pad_w = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
         return super().forward(F.pad(x, (*pad_w, *pad_h)))
