@@ -6,7 +6,10 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["SegmentSummary", "segment", "__version__"]
+from .errors import VostoolError, VostoolWarning
+from .settings import RunSettings, SettingsError
+
+__all__ = ["RunSettings", "SegmentSummary", "SettingsError", "VostoolError", "VostoolWarning", "segment", "__version__"]
 
 
 def __getattr__(name: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,14 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine.core import PRECISIONS, EngineOptions, VideoPropagator
+from .engine.core import EngineOptions, VideoPropagator
 from .engine.protocol import VOSNetwork
-from .errors import InputError, VostoolError
+from .engine.transforms import long_side_capped
+from .errors import InputError, OutputError, VostoolError, VostoolWarning
 from .io.frames import FrameSource, open_frames
+from .io.guard import refuse_overwriting_inputs
 from .io.masks import LabelMap, read_mask, read_masks_dir
 from .io.writers import OverlayWriter, PaletteWriter, RleWriter
 from .models.registry import DEFAULT_MODEL, build_model, get_model_info
 from .pipeline import segment_stream
+from .settings import RunSettings, SettingsError, validate_device_name
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -55,21 +59,27 @@ class SegmentSummary:
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU; explicit names are checked to exist."""
+    """'auto' picks CUDA, then Apple MPS, then CPU; explicit names (cpu, cuda, cuda:N, mps) are checked to exist.
+
+    Raises :class:`~vostool.settings.SettingsError` (parameter ``device``) for any other name or a
+    device this machine does not have.
+    """
+    validate_device_name(device)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VostoolError("--device cuda: no CUDA device is available (use --device cpu)")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SettingsError("device", device, "no CUDA device is available (use cpu)")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise SettingsError("device", device, f"this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device == "mps" and not torch.backends.mps.is_available():
-        raise VostoolError("--device mps: Apple MPS is not available (use --device cpu)")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise VostoolError(f"--device {device}: unknown device (use auto, cpu, cuda or mps)") from None
+        raise SettingsError("device", device, "Apple MPS is not available (use cpu)")
+    return torch.device(device)
 
 
 def load_network(
@@ -126,23 +136,40 @@ def segment(
     PNGs in ``out_dir`` (named like the input frames), an overlay MP4, and/or a COCO RLE JSON; each file is
     written atomically. ``network``: a network already built by :func:`load_network` for ``model`` on
     ``device``, to reuse it across videos (then ``weights`` and ``offline`` are not used).
-    Raises :class:`vostool.errors.VostoolError` for bad input.
+
+    Raises :class:`vostool.VostoolError` for bad input, before any model work where it can be known
+    then: :class:`~vostool.settings.SettingsError` (a subclass; its ``parameter`` names the argument) for
+    an option out of range, ``InputError`` for an input file, ``ModelError`` for a model or checkpoint,
+    ``OutputError`` for an output that cannot be written or would overwrite an input. A frame that is
+    processed smaller than ``size`` asks (a very elongated video, see ``vostool.settings.MAX_ASPECT``)
+    is reported with a :class:`vostool.errors.VostoolWarning`.
     """
-    if precision not in PRECISIONS:
-        raise VostoolError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    settings = RunSettings(
+        size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
+        precision=precision, device=device,
+    )
     if out_dir is None and overlay is None and rle is None:
         raise VostoolError("no output requested: pass --out DIR, --overlay FILE.mp4 and/or --rle FILE.json")
+    refuse_overwriting_inputs(
+        {"INPUT": input, "--mask": mask, "--masks": masks_dir},
+        {"--overlay": overlay, "--rle": rle},
+        ("--out", out_dir),
+    )
     source = open_frames(input)
     given, palette = read_given_masks(source, mask, masks_dir)
-    torch_device = resolve_device(device)
+    if out_dir is not None:
+        _check_ids_fit_png(given, mask, masks_dir)
+    torch_device = resolve_device(settings.device)
     if network is None:
         network = load_network(model, weights, torch_device, offline=offline)
-    if top_k is not None:
-        _set_top_k(network, model, top_k)
+    if settings.top_k is not None:
+        _set_top_k(network, model, settings.top_k)
     options = EngineOptions(
-        short_side=size, mem_every=mem_every, max_memory_frames=max_memory_frames, precision=precision
+        short_side=settings.short_side, mem_every=settings.mem_every,
+        max_memory_frames=settings.max_memory_frames, precision=settings.precision,
     )
     propagator = VideoPropagator(network, source.size, len(source), torch_device, options)
+    _warn_if_downscaled(source, propagator)
 
     start = time.perf_counter()
     with _Outputs(out_dir, overlay, rle, palette, source.fps) as outputs:
@@ -152,7 +179,7 @@ def segment(
         input=str(input),
         model=model,
         device=str(torch_device),
-        precision=precision,
+        precision=settings.precision,
         frames=len(source),
         size=source.size,
         objects=list(propagator.object_ids),
@@ -161,11 +188,36 @@ def segment(
     )
 
 
+def _check_ids_fit_png(given: dict[int, np.ndarray], mask: str | Path | None, masks_dir: str | Path | None) -> None:
+    """Palette PNGs hold ids 0-255: say so now, naming the mask, rather than after frame 0 is segmented."""
+    for t, labels in sorted(given.items()):
+        max_id = int(labels.max()) if labels.size else 0
+        if max_id > 255:
+            where = mask if t == 0 and mask is not None else masks_dir
+            raise OutputError(
+                f"object id {max_id} does not fit in the palette PNGs of --out (ids 1-255); "
+                "write --rle FILE.json instead, or renumber the objects",
+                where,
+            )
+
+
+def _warn_if_downscaled(source: FrameSource, propagator: VideoPropagator) -> None:
+    short_side = propagator.prep.short_side
+    if long_side_capped(source.size, short_side):
+        height, width = propagator.geometry.resized
+        warnings.warn(
+            VostoolWarning(
+                f"{source.path}: frames are {source.size[1]}x{source.size[0]}, processed at {width}x{height}, "
+                f"smaller than the short side {short_side} would give (the long side is capped at "
+                f"{max(height, width)})"
+            ),
+            stacklevel=3,
+        )
+
+
 def _set_top_k(network: VOSNetwork, model: str, top_k: int) -> None:
     if not hasattr(network, "top_k"):
-        raise VostoolError(f"--top-k: model {model} has no top-k memory readout")
-    if top_k < 1:
-        raise VostoolError("--top-k must be at least 1")
+        raise SettingsError("top_k", top_k, f"model {model} has no top-k memory readout")
     network.top_k = top_k
 
 

@@ -39,7 +39,7 @@ from PIL import Image
 
 from . import __version__
 from .api import load_network, resolve_device
-from .engine.core import PRECISIONS, EngineOptions, VideoPropagator
+from .engine.core import EngineOptions, VideoPropagator
 from .engine.protocol import VOSNetwork
 from .engine.timing import StageTimer
 from .errors import InputError, VostoolError
@@ -47,6 +47,7 @@ from .io.frames import FrameSource, open_frames
 from .io.writers import OverlayWriter, PaletteWriter
 from .models.registry import DEFAULT_MODEL, get_model_info, layout_of
 from .pipeline import segment_stream
+from .settings import RunSettings
 
 SCHEMA = "vostool-bench-v1"
 SYNTHETIC_NOTE = "synthetic weights: speed only"
@@ -96,8 +97,9 @@ class BenchSettings:
             raise VostoolError("bench: give at least one --model")
         for model in self.models:
             get_model_info(model)  # unknown names fail before any work
-        if self.precision not in PRECISIONS:
-            raise VostoolError(f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
+        # The options bench shares with segment get segment's validation (its size may go lower: the
+        # memory-growth runs measure tiny frames on purpose).
+        RunSettings(precision=self.precision, device=self.device, max_memory_frames=self.max_memory_frames)
         if self.weights is not None and len(self.models) != 1:
             raise VostoolError("--weights applies to one model: give exactly one --model with it")
         if 0 < self.size < 16:

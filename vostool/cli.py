@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import __version__
-from .errors import VostoolError
+from .errors import VostoolError, VostoolWarning
 from .models.registry import DEFAULT_MODEL, MODELS
+from .settings import SettingsError
 
 app = typer.Typer(
     name="vostool",
@@ -34,17 +38,65 @@ err = Console(stderr=True, width=_WIDTH)
 out = Console(width=None if sys.stdout.isatty() else 150)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``timeout``, ``docker stop``, a closed terminal, a scheduler), raised in the main
+    thread. A KeyboardInterrupt, so that every clean-up path that handles Ctrl-C handles it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    # One clean-up is enough: a second SIGTERM while temp files are being removed must not cut it short.
+    for handled in _TERMINATING_SIGNALS:
+        signal.signal(handled, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+_TERMINATING_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
+
+
+def install_signal_handlers() -> None:
+    """Treat SIGTERM and SIGHUP like Ctrl-C: unwind (removing temp files and staging folders), then exit
+    128 + the signal number."""
+    for signum in _TERMINATING_SIGNALS:
+        signal.signal(signum, _raise_terminated)
+
+
+def say(label: str, text: str) -> None:
+    """One line on stderr: a styled label, then ``text`` verbatim (paths may hold '[' or ':x:', which
+    Rich would otherwise read as markup or emoji)."""
+    err.print(f"{label} {escape(text)}", highlight=False, soft_wrap=True, emoji=False)
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, VostoolWarning):
+        say("[bold yellow]warning:[/]", str(message))
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a VostoolError into one line on stderr and its exit code (2), never a traceback."""
+    """Turn a VostoolError into one line on stderr and its exit code (2), never a traceback; an interrupt
+    (Ctrl-C: 130, SIGTERM: 143, SIGHUP: 129) into one line too."""
     try:
         yield
-    except VostoolError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    except SettingsError as exc:
+        say("[bold red]error:[/]", exc.flag)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("[bold red]interrupted[/]")
-        raise typer.Exit(130) from None
+    except VostoolError as exc:
+        say("[bold red]error:[/]", str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        what = "interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})"
+        err.print(f"[bold red]{what}[/]", highlight=False)
+        raise typer.Exit(128 + signum) from None
 
 
 class FrameProgress:
@@ -114,20 +166,20 @@ def segment(
     rle: Annotated[Optional[Path], typer.Option("--rle", help="Write per-frame, per-object COCO RLE to this JSON file.")] = None,
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = DEFAULT_MODEL,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint file (overrides the registry's default).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
-    size: Annotated[Optional[int], typer.Option("--size", help="Internal short side in pixels (default: the model's, 480); -1 = native.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    size: Annotated[Optional[int], typer.Option("--size", help="Internal short side in pixels, 64-2160 (default: the model's, 480); -1 = native. The long side is capped at 3.56x the short side: a more elongated video is processed smaller, and the run says so.")] = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast).")] = "fp32",
-    mem_every: Annotated[Optional[int], typer.Option("--mem-every", min=1, help="Write a frame to memory every N frames (default: the model's).")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Memory positions read per query position (default: the model's).")] = None,
-    max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", min=1, help="Cap on memory frames; annotated frames stay, the oldest others are dropped.")] = None,
+    mem_every: Annotated[Optional[int], typer.Option("--mem-every", help="Write a frame to memory every N frames (default: the model's).")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Memory positions read per query position (default: the model's).")] = None,
+    max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", help="Cap on memory frames; annotated frames stay, the oldest others are dropped.")] = None,
     offline: Annotated[bool, typer.Option("--offline", envvar="VOSTOOL_OFFLINE", help="Never download checkpoints.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a one-line JSON summary on stdout.")] = False,
 ) -> None:
     """Segment the objects of the first-frame mask through a video."""
-    from .api import segment as run_segment
-
     with user_errors(), frame_progress(f"segment {input.name}", quiet) as progress:
+        from .api import segment as run_segment
+
         summary = run_segment(
             input, mask, masks_dir=masks, model=model, weights=weights, device=device, size=size,
             precision=precision, out_dir=out_dir, overlay=overlay, rle=rle, mem_every=mem_every,
@@ -166,17 +218,17 @@ def eval_command(
     device: Annotated[str, typer.Option("--device", help="With --model: auto, cpu, cuda or mps.")] = "auto",
     size: Annotated[Optional[int], typer.Option("--size", help="With --model: internal short side (-1 = native).")] = None,
     precision: Annotated[str, typer.Option("--precision", help="With --model: fp32, fp16 or bf16.")] = "fp32",
-    mem_every: Annotated[Optional[int], typer.Option("--mem-every", min=1, help="With --model: memory interval.")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="With --model: top-k readout.")] = None,
-    max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", min=1, help="With --model: memory cap.")] = None,
+    mem_every: Annotated[Optional[int], typer.Option("--mem-every", help="With --model: memory interval.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="With --model: top-k readout.")] = None,
+    max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", help="With --model: memory cap.")] = None,
     offline: Annotated[bool, typer.Option("--offline", envvar="VOSTOOL_OFFLINE", help="Never download checkpoints.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON on stdout.")] = False,
 ) -> None:
     """DAVIS 2017 semi-supervised J&F, identical to the official evaluator (optionally segmenting first)."""
-    from .eval import evaluate_davis
-
     with user_errors():
+        from .eval import evaluate_davis
+
         if model is None and results is None:
             raise VostoolError("pass --results DIR (existing predictions) and/or --model NAME (segment first)")
         if model is not None:
@@ -313,7 +365,7 @@ def bench(
     warmup: Annotated[Optional[int], typer.Option("--warmup", min=0, help="Frames of the untimed warm-up run (default: 3 on CPU, 10 on a GPU).")] = None,
     input: Annotated[Optional[Path], typer.Option("--input", help="Measure on this video or frame folder instead of a synthetic clip (its first --frames frames).")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint for the (one) model; without it, models that need one run on synthetic weights (speed only).")] = None,
-    max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", min=1, help="Cap on memory frames, as in segment.")] = None,
+    max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", help="Cap on memory frames, as in segment.")] = None,
     growth_frames: Annotated[Optional[list[int]], typer.Option("--growth-frames", min=2, help="Video lengths for the memory-growth runs; repeat (default: 100 and 1000).")] = None,
     growth_size: Annotated[int, typer.Option("--growth-size", min=16, help="Short side of the memory-growth runs.")] = 64,
     no_growth: Annotated[bool, typer.Option("--no-growth", help="Skip the memory-growth runs.")] = False,
@@ -417,6 +469,8 @@ def export(
 
 
 def main() -> None:
+    install_signal_handlers()
+    warnings.showwarning = _print_warning
     app(prog_name="vostool")
 
 

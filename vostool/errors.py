@@ -34,3 +34,7 @@ class UnknownModelError(ModelError):
 
 class OutputError(VostoolError):
     """An output location cannot be written."""
+
+
+class VostoolWarning(UserWarning):
+    """Something a user should know about a run that still goes ahead (the CLI prints it on one line)."""

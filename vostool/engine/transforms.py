@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..settings import MAX_ASPECT
 from .protocol import Preprocessing
 
 
@@ -29,13 +30,28 @@ class Geometry:
 
 
 def resized_size(size: tuple[int, int], short_side: int | None) -> tuple[int, int]:
-    """Short side to ``short_side``, long side int(short_side * long / short) (truncated, as officially)."""
+    """Short side to ``short_side``, long side int(short_side * long / short) (truncated, as officially).
+
+    The long side is capped at ``int(short_side * MAX_ASPECT)``: a very elongated frame is then scaled
+    so that its long side meets the cap, and its short side comes out below ``short_side``.
+    """
     h, w = size
     if short_side is None or min(h, w) == short_side:
         return h, w
-    if h <= w:
-        return short_side, int(short_side * w / h)
-    return int(short_side * h / w), short_side
+    short, long = min(h, w), max(h, w)
+    new_short, new_long = short_side, int(short_side * long / short)
+    if long_side_capped(size, short_side):
+        new_long = int(short_side * MAX_ASPECT)
+        new_short = max(1, int(new_long * short / long))
+    return (new_short, new_long) if h <= w else (new_long, new_short)
+
+
+def long_side_capped(size: tuple[int, int], short_side: int | None) -> bool:
+    """True when ``resized_size`` processes a frame of ``size`` smaller than ``short_side`` asks."""
+    h, w = size
+    if short_side is None or min(h, w) == short_side:
+        return False
+    return int(short_side * max(h, w) / min(h, w)) > int(short_side * MAX_ASPECT)
 
 
 def preprocess_frame(frame: np.ndarray, geom: Geometry, prep: Preprocessing, device: torch.device) -> torch.Tensor:

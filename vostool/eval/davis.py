@@ -44,11 +44,14 @@ are scored at once with vectorised numpy (boundary dilation is cropped to where 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -239,6 +242,42 @@ def _run_in_process(
                 progress(done, len(jobs))
 
 
+def _ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C is the parent's to handle (it stops the pool and says so once), and a
+    SIGTERM/SIGHUP handler inherited through fork must not make a worker unwind like the CLI does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _interrupts_held_off() -> Iterator[None]:
+    """Defer Ctrl-C in this process while workers are forked, so that no child starts with Python's
+    KeyboardInterrupt handler (the initializer runs only after the fork); an interrupt that arrives in
+    that window is raised when it closes. Main thread only (signal handlers live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued sequences and end running workers now instead of waiting for their sequences."""
+    # ProcessPoolExecutor has no public way to end busy workers before Python 3.14 (terminate_workers);
+    # its process table is the one handle there is.
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _run_in_pool(
     jobs: list[SequenceJob], results: list[list[ObjectResult] | None], workers: int, progress: ProgressCallback | None
 ) -> None:
@@ -247,20 +286,23 @@ def _run_in_pool(
     order = sorted(range(len(jobs)), key=lambda i: len(jobs[i].annotation_paths), reverse=True)
     done = 0
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_process_context()) as pool, warnings.catch_warnings():
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=_process_context(), initializer=_ignore_interrupts
+        ) as pool, warnings.catch_warnings():
             # Python >= 3.12 warns about any fork() of a multi-threaded process; see _process_context.
             warnings.filterwarnings(
                 "ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning
             )
-            futures = {pool.submit(evaluate_sequence, jobs[i]): i for i in order}
             try:
+                with _interrupts_held_off():
+                    futures = {pool.submit(evaluate_sequence, jobs[i]): i for i in order}
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     done += 1
                     if progress is not None:
                         progress(done, len(jobs))
             except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
+                _stop_workers(pool)
                 raise
     except BrokenProcessPool as error:
         # A worker died (killed, or could not start): the numbers do not depend on where they

@@ -1,0 +1,66 @@
+"""Refusing outputs that would overwrite a run's own inputs, before any work is done.
+
+A masks folder is replaced as a whole when a run commits (see ``vostool.io.writers``), so it must not be,
+or contain, anything the run reads; an output file must not be an input file or another output, and must
+not lie inside the masks folder. Paths are compared after resolving symlinks, and existing files with
+``os.path.samefile``, so links and hard links count as the same file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from vostool.errors import OutputError
+
+PathLike = str | Path
+
+
+def refuse_overwriting_inputs(
+    inputs: Mapping[str, PathLike | None],
+    output_files: Mapping[str, PathLike | None],
+    output_folder: tuple[str, PathLike | None] = ("--out", None),
+) -> None:
+    """Raise OutputError when an output would overwrite an input or another output.
+
+    ``inputs`` and ``output_files`` map a name for the user (``--mask``, ``--rle``) to a path or None;
+    ``output_folder`` is the (name, path) of a folder the run replaces as a whole.
+    """
+    # A missing input cannot be overwritten; its reader reports it, in the user's terms.
+    given_inputs = {name: Path(path) for name, path in inputs.items() if path is not None and Path(path).exists()}
+    files = {name: Path(path) for name, path in output_files.items() if path is not None}
+    folder_name, folder = output_folder[0], None if output_folder[1] is None else Path(output_folder[1])
+    for name, path in files.items():
+        for input_name, input_path in given_inputs.items():
+            if _same(path, input_path):
+                raise OutputError(f"{name} would overwrite the {input_name} input; choose another file", path)
+        for other_name, other in files.items():
+            if other_name < name and _same(path, other):
+                raise OutputError(f"{name} and {other_name} name the same file", path)
+        if folder is not None and _inside(path, folder):
+            raise OutputError(f"{name} lies inside the {folder_name} folder, which each run replaces whole", path)
+    if folder is None:
+        return
+    for input_name, input_path in given_inputs.items():
+        if _same(folder, input_path) or _inside(input_path, folder):
+            raise OutputError(
+                f"{folder_name} would replace the {input_name} input (the folder is replaced whole); "
+                "choose another folder",
+                folder,
+            )
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            pass
+    return a.resolve() == b.resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` lies below ``folder`` (not when it is ``folder``)."""
+    path, folder = path.resolve(), folder.resolve()
+    return folder in path.parents
