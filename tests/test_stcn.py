@@ -215,7 +215,7 @@ def test_mismatching_state_dict_names_the_problem(synth_state, tmp_path) -> None
     with pytest.raises(ModelError) as error:
         load_stcn_state(STCN(), state, tmp_path / "weights.pth")
     message = str(error.value)
-    assert "weights.pth" in message and "not a STCN checkpoint" in message
+    assert "weights.pth" in message and "not an STCN checkpoint" in message
     assert "2 missing keys (key_proj.key_proj.weight, key_proj.key_proj.bias)" in message
     assert "1 unexpected (fc.weight)" in message
     assert "decoder.pred.weight: (1,256,3,3) expected, got (2,256,3,3)" in message
@@ -232,7 +232,7 @@ def test_check_layout_lists_a_few_names_and_honours_ignore() -> None:
 def test_build_reports_a_foreign_checkpoint(tmp_path) -> None:
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}, path)
-    with pytest.raises(ModelError, match=r"resnet\.pth: not a STCN checkpoint: 405 missing keys"):
+    with pytest.raises(ModelError, match=r"resnet\.pth: not an STCN checkpoint: 405 missing keys"):
         build_stcn(path, "cpu")
 
 

@@ -300,14 +300,18 @@ def weights_download(
     names: Annotated[list[str], typer.Argument(help="Checkpoint or model names (see `vostool weights list`).")],
     force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
     sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of the file.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", envvar="VOSTOOL_OFFLINE", help="Never download: only check what is cached.")] = False,
 ) -> None:
     """Download checkpoints into the cache, verifying layout (and hash) before keeping them."""
     from . import weights
 
     with user_errors():
         for name in names:
-            path = weights.download(weights.get_checkpoint(name), force=force, expected_sha256=sha256)
-            err.print(f"{name}: {path}")
+            ckpt = weights.get_checkpoint(name)
+            was_cached = weights.cached_path(ckpt) is not None and not force
+            path = weights.download(ckpt, force=force, offline=offline, expected_sha256=sha256)
+            state = "bundled with vostool" if ckpt.bundled else "cached" if was_cached else "downloaded"
+            err.print(f"{name}: {state}, {path}", highlight=False, soft_wrap=True)
 
 
 @weights_app.command("path")

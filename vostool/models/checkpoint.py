@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import fnmatch
 import pickle
+import pickletools
 import re
+import warnings
 import zipfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -22,10 +25,19 @@ from vostool.errors import ModelError
 
 # How many key names a mismatch message lists per category before it says "...".
 _NAMES_SHOWN = 3
-# How torch.load(weights_only=True) reports a pickled class it will not construct.
-_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# How torch.load(weights_only=True) names a pickled global it refuses, in the wordings torch has used:
+# "Unsupported global: GLOBAL x.y was not an allowed global" (2.4+), "Trying to load unsupported
+# GLOBAL x.y whose module x is blocked" (os, subprocess, ...) and "Unsupported class x.y" (before 2.4).
+_REFUSED_GLOBAL = re.compile(r"unsupported (?:global: GLOBAL|GLOBAL|class) ([\w.]+)", re.IGNORECASE)
 # Start of a legacy (pre-zip) torch.save file: the pickled magic number 0x1950a86a20f9469cfc6c.
 _LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+_ZIP_MAGIC = b"PK\x03\x04"
+# Globals a plain state_dict's pickle uses (tensors and storages are torch.*); anything else is an object.
+_STATE_DICT_GLOBALS = {"collections.OrderedDict", "_codecs.encode"}
+# The most pickles read from one file: a legacy torch.save file holds five, then raw storage bytes.
+_MAX_PICKLES = 5
+# The highest pickle protocol torch.load(weights_only=True) reads (torch.save's default).
+_SAFE_PROTOCOL = 2
 
 
 def load_checkpoint(
@@ -36,35 +48,132 @@ def load_checkpoint(
     ``unwrap`` lists wrapper keys a model's released files are known to use (for example
     ``("model",)``); when the file holds a dict with one of them, the state_dict inside it is used.
     Nothing is unwrapped unless the caller names the key: STCN files are bare and pass nothing.
-    Raises :class:`ModelError` naming the file if it is missing, unreadable, not a PyTorch
-    checkpoint, or not a plain state_dict of tensors.
+    Raises :class:`ModelError` naming the file if it is missing, unreadable, truncated, not a
+    PyTorch checkpoint, or not a plain state_dict of tensors (a file holding code is refused
+    without running it, and the first object that is not a tensor is named).
     """
     path = Path(path)
     if not path.is_file():
         raise ModelError("weights file not found", path)
+    head = _read_head(path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError as exc:
-        raise ModelError(f"cannot read the weights file ({exc.strerror or exc})", path) from exc
-    except pickle.UnpicklingError as exc:
-        # weights_only refuses pickled Python classes other than tensors and plain containers; any
-        # other unpickling failure means the bytes are not a torch.save file at all.
-        refused = _REFUSED_GLOBAL.search(str(exc))
-        if refused and _is_torch_save_file(path):
-            raise ModelError(
-                f"is not a plain state_dict (it holds a pickled Python object: {refused.group(1)})", path
-            ) from exc
-        raise ModelError("is not a PyTorch checkpoint (the file cannot be unpickled)", path) from exc
-    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on foreign bytes
-        raise ModelError(f"is not a PyTorch checkpoint ({type(exc).__name__})", path) from exc
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols on the way to refusing a foreign file (and on some
+            # good ones): the one-line error below is all a user needs, without warning lines above it.
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on foreign or damaged bytes
+        raise _load_failure(path, head, exc) from exc
     return _as_state_dict(obj, path, unwrap)
 
 
-def _is_torch_save_file(path: Path) -> bool:
-    """True for the zip archives torch.save writes (torch >= 1.6) and its legacy pickle format."""
-    with path.open("rb") as stream:
-        head = stream.read(len(_LEGACY_MAGIC))
-    return zipfile.is_zipfile(path) or head == _LEGACY_MAGIC
+def _read_head(path: Path) -> bytes:
+    try:
+        with path.open("rb") as stream:
+            return stream.read(len(_LEGACY_MAGIC))
+    except OSError as exc:
+        raise ModelError(f"cannot read the weights file ({exc.strerror or exc})", path) from exc
+
+
+def _load_failure(path: Path, head: bytes, exc: Exception) -> ModelError:
+    """The one-line error for a file torch.load could not read, saying what is wrong with it."""
+    saved_by_torch = _saved_by_torch(path, head)
+    scan = _scan_pickles(path) if isinstance(exc, pickle.UnpicklingError) else None
+    if scan is not None:
+        protocol, globals_used = scan
+        named = _REFUSED_GLOBAL.search(str(exc))
+        refused = named.group(1) if named else next((g for g in globals_used if not _is_tensor_global(g)), None)
+        if refused is not None:
+            what = "a plain state_dict" if saved_by_torch else "a PyTorch checkpoint"
+            return ModelError(
+                f"is not {what} (refused because it contains objects that are not tensors; the first: "
+                f"{refused}); nothing in it was run", path)
+        if saved_by_torch and protocol > _SAFE_PROTOCOL:
+            return ModelError(
+                f"was saved with pickle protocol {protocol}, which torch cannot load safely "
+                "(weights_only); save the state_dict again with torch.save's default protocol", path)
+    if saved_by_torch:
+        return ModelError("is truncated or corrupt (a PyTorch checkpoint that cannot be read to the end); "
+                          "download or save it again", path)
+    if isinstance(exc, OSError):
+        return ModelError(f"cannot read the weights file ({exc.strerror or exc})", path)
+    return ModelError("is not a PyTorch checkpoint (the file cannot be unpickled)", path)
+
+
+def _saved_by_torch(path: Path, head: bytes) -> bool:
+    """True for torch.save's zip archive (intact or not) and its legacy format, from the first bytes."""
+    if head == _LEGACY_MAGIC:
+        return True
+    if not head.startswith(_ZIP_MAGIC):
+        return False
+    try:  # an intact zip is torch's only if it has the pickle; a damaged one cannot tell, so it counts
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return True
+
+
+def _is_tensor_global(name: str) -> bool:
+    return name.split(".", 1)[0] == "torch" or name in _STATE_DICT_GLOBALS
+
+
+def _scan_pickles(path: Path) -> tuple[int, list[str]] | None:
+    """(highest protocol, every global named) of the pickles in ``path``, read without unpickling.
+
+    A torch.save zip holds its pickle in ``*/data.pkl``; a legacy torch.save file and a raw pickle
+    start with their pickles. None when the file holds no complete pickle (a damaged zip, foreign bytes).
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return None
+                with archive.open(member) as stream:
+                    return _scan_stream(stream)
+        with path.open("rb") as stream:
+            if stream.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
+                return None  # the start of a zip whose end is missing or damaged
+            stream.seek(0)
+            return _scan_stream(stream)
+    except (OSError, zipfile.BadZipFile):
+        return None
+
+
+def _scan_stream(stream: BinaryIO) -> tuple[int, list[str]] | None:
+    protocol, found, complete = 0, [], 0
+    for _ in range(_MAX_PICKLES):
+        try:
+            pickle_protocol, names = _pickle_globals(stream)
+        except (ValueError, EOFError):  # the stream ended, or what follows is not a pickle (storage bytes)
+            break
+        protocol, complete = max(protocol, pickle_protocol), complete + 1
+        found += names
+    return (protocol, found) if complete else None
+
+
+def _pickle_globals(stream: BinaryIO) -> tuple[int, list[str]]:
+    """(protocol, the module.name of every global) of the next pickle in ``stream``; nothing is run.
+
+    Raises ValueError when the bytes are not one complete pickle.
+    """
+    protocol, found, pushed, memo = 0, [], [], {}
+    for opcode, arg, _ in pickletools.genops(stream):
+        if opcode.name == "PROTO":
+            protocol = arg
+        elif opcode.name in ("GLOBAL", "INST"):
+            found.append(arg.replace(" ", "."))
+        elif opcode.name == "STACK_GLOBAL":  # protocol 4+: module and name are the two strings pushed last
+            found.append(".".join(str(part) for part in pushed[-2:]))
+        elif opcode.name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = pushed[-1] if pushed else None
+        elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        elif opcode.stack_after:
+            pushed.append(arg if isinstance(arg, str) else None)
+    return protocol, found
 
 
 def _as_state_dict(obj: object, path: Path, unwrap: Collection[str]) -> dict[str, torch.Tensor]:
@@ -120,7 +229,21 @@ def check_layout(
     if wrong_shape:
         problems.append(f"{len(wrong_shape)} with the wrong shape ({_names(wrong_shape)})")
     if problems:
-        raise ModelError(f"not a {model_name} checkpoint: " + ", ".join(problems), path)
+        raise ModelError(f"not {with_article(model_name)} checkpoint: " + ", ".join(problems), path)
+
+
+def with_article(name: str) -> str:
+    """``name`` after "a" or "an", chosen by how it is read: "an efficientnet-lite0", "an STCN", "a SimVOS".
+
+    A name whose leading letters hold no vowel is an initialism, read letter by letter, so it takes
+    "an" when its first letter's name starts with a vowel sound (STCN: "ess-tee-..."). Any other
+    name is read as a word and takes "an" before a vowel letter (sitvos, jointformer: "a").
+    """
+    letters = re.match(r"[a-z]*", name.lower()).group(0)
+    initialism = bool(letters) and not any(ch in "aeiouy" for ch in letters)
+    vowel_sounds = "aefhilmnorsx" if initialism else "aeiou"
+    article = "an" if letters[:1] and letters[0] in vowel_sounds else "a"
+    return f"{article} {name}"
 
 
 def pad_input_channel(state: dict[str, torch.Tensor], key: str, channels: int) -> dict[str, torch.Tensor]:

@@ -15,11 +15,14 @@ from vostool.weights.cache import (
     weights_dir,
 )
 from vostool.weights.downloads import (
+    OFFLINE_ENV,
     DownloadError,
     checked_cache_file,
     direct_download_url,
     download,
     fetch,
+    offline_message,
+    offline_requested,
 )
 from vostool.weights.registry import (
     GITHUB_RELEASE,
@@ -32,7 +35,7 @@ from vostool.weights.registry import (
     list_checkpoints,
     unreleased_reason,
 )
-from vostool.weights.resolve import OFFLINE_ENV, offline_message, offline_requested, resolve_weights
+from vostool.weights.resolve import resolve_weights
 from vostool.weights.verify import (
     LayoutProvider,
     VerifyResult,

@@ -6,6 +6,9 @@ ignores the range sends the whole file again and the part file is restarted. Onc
 file is verified (registry size/hash, the hash the user gave, the exact layout), its sha256 is
 recorded, and only then is it renamed to its final name, so a cached file is always a verified one.
 
+Offline mode (``offline=True`` or ``VOSTOOL_OFFLINE=1``, decided by :func:`offline_requested` alone)
+never touches the network: a cached checkpoint is returned, an uncached one is an error at once.
+
 Only the standard library is used for HTTP. Google Drive answers a large file's download URL with an
 HTML "can't scan this file for viruses" page; both of its forms are handled: the old one (a
 ``download_warning`` cookie or a ``confirm=`` link) and the current one (a ``download-form`` whose
@@ -49,6 +52,8 @@ DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF_S = 1.0
 """Wait before the first retry; doubled before each further one."""
 DEFAULT_TIMEOUT_S = 60.0
+OFFLINE_ENV = "VOSTOOL_OFFLINE"
+_TRUE = {"1", "true", "yes", "on"}
 
 _CHUNK = 1 << 20
 _MAX_HTML_BYTES = 1 << 20
@@ -67,11 +72,26 @@ class _RetryableError(Exception):
     """A failure that another attempt (resuming the part file) may get past."""
 
 
+def offline_requested(flag: bool = False) -> bool:
+    """True when the ``--offline`` flag is set or ``VOSTOOL_OFFLINE`` is 1/true/yes/on."""
+    return flag or os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE
+
+
+def offline_message(ckpt: Checkpoint) -> str:
+    """Why an uncached checkpoint cannot be used offline, and the two ways to get it."""
+    return (
+        f"{ckpt.model}: the {ckpt.name} checkpoint is not in the cache ({cache_file(ckpt)}) and "
+        f"downloads are off (--offline or {OFFLINE_ENV}=1); run `vostool weights download "
+        f"{ckpt.name}` while online, or download {ckpt.urls[0]} and pass it with --weights PATH"
+    )
+
+
 def download(
     ckpt: Checkpoint,
     *,
     progress: bool = True,
     force: bool = False,
+    offline: bool = False,
     expected_sha256: str | None = None,
     layout_of: LayoutProvider | None = None,
     retries: int = DEFAULT_RETRIES,
@@ -81,20 +101,27 @@ def download(
     """Make sure ``ckpt`` is in the cache, verified, and return its path.
 
     A cached copy is checked against its recorded hash and returned; ``force`` downloads it again.
-    Each URL of the checkpoint (mirrors) is tried in turn. Raises :class:`DownloadError` naming the
-    URLs when none works, :class:`ModelError` when the file is not a checkpoint of its model.
+    Each URL of the checkpoint (mirrors) is tried in turn. Offline (``offline`` or
+    ``VOSTOOL_OFFLINE``), nothing is downloaded: an uncached checkpoint, or ``force``, raises
+    :class:`DownloadError` at once. Raises :class:`DownloadError` naming the URLs when none works,
+    :class:`ModelError` when the file is not a checkpoint of its model.
     """
     if expected_sha256 is not None and not is_sha256(expected_sha256.strip()):
         raise InputError(f"{expected_sha256!r} is not a sha256 (64 hex digits)")
     if ckpt.bundled:
         return checked_cache_file(ckpt, expected_sha256=expected_sha256, layout_of=layout_of)
+    target = cache_file(ckpt)
+    if target.is_file() and not force:
+        return checked_cache_file(ckpt, expected_sha256=expected_sha256, layout_of=layout_of)
+    if offline_requested(offline):
+        if force:
+            raise DownloadError(f"{ckpt.name}: cannot download it again (--force) while downloads are "
+                                f"off (--offline or {OFFLINE_ENV}=1)")
+        raise DownloadError(offline_message(ckpt))
     try:  # refuse before any network access when there is no network to check the file against
         layout_for(ckpt.layout, layout_of or default_layout_of)
     except ModelError as exc:
         raise ModelError(f"{ckpt.name}: {exc} (the file is at {ckpt.urls[0]})") from None
-    target = cache_file(ckpt)
-    if target.is_file() and not force:
-        return checked_cache_file(ckpt, expected_sha256=expected_sha256, layout_of=layout_of)
     _make_folder(target.parent)
     failures = []
     for url in ckpt.urls:

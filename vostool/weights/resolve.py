@@ -7,22 +7,12 @@ never downloaded in offline mode (``--offline`` or ``VOSTOOL_OFFLINE=1``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from vostool.errors import InputError, ModelError
-from vostool.weights.cache import cache_file, cached_path
-from vostool.weights.downloads import checked_cache_file, download
-from vostool.weights.registry import Checkpoint, default_checkpoint, unreleased_reason
+from vostool.weights.downloads import download
+from vostool.weights.registry import default_checkpoint, unreleased_reason
 from vostool.weights.verify import LayoutProvider
-
-OFFLINE_ENV = "VOSTOOL_OFFLINE"
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def offline_requested(flag: bool = False) -> bool:
-    """True when the ``--offline`` flag is set or ``VOSTOOL_OFFLINE`` is 1/true/yes/on."""
-    return flag or os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE
 
 
 def resolve_weights(
@@ -51,17 +41,5 @@ def resolve_weights(
     ckpt = default_checkpoint(model)
     if ckpt is None:
         return None
-    if ckpt.bundled or cached_path(ckpt) is not None:
-        return checked_cache_file(ckpt, layout_of=layout_of)
-    if offline_requested(offline):
-        raise ModelError(offline_message(ckpt))
-    return download(ckpt, progress=progress, layout_of=layout_of)
-
-
-def offline_message(ckpt: Checkpoint) -> str:
-    """Why an uncached checkpoint cannot be used offline, and the two ways to get it."""
-    return (
-        f"{ckpt.model}: the {ckpt.name} checkpoint is not in the cache ({cache_file(ckpt)}) and "
-        f"offline mode is on (--offline or {OFFLINE_ENV}=1); run `vostool weights download "
-        f"{ckpt.name}` while online, or download {ckpt.urls[0]} and pass it with --weights PATH"
-    )
+    # download() returns a cached (or bundled) copy after checking it, and is where offline is decided.
+    return download(ckpt, offline=offline, progress=progress, layout_of=layout_of)
