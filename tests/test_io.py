@@ -318,7 +318,7 @@ def test_folder_with_two_frames_of_one_name(tmp_path):
 
 def test_palette_png_round_trip_keeps_ids_and_palette(tmp_path):
     labels = two_objects()
-    labels[0, :3] = [3, 17, 255]
+    labels[0, :3] = [3, 17, 254]  # 254: the highest id a palette mask carries (255 is void)
     custom = bytes(range(256)) * 3
     PaletteWriter(tmp_path / "custom", palette=custom).write("00007", labels)
     PaletteWriter(tmp_path / "davis").write("00007", labels)
@@ -331,7 +331,7 @@ def test_palette_png_round_trip_keeps_ids_and_palette(tmp_path):
         assert label_map.labels.dtype == np.uint8
         assert np.array_equal(label_map.labels, labels)
         assert label_map.palette == palette
-        assert label_map.object_ids == [1, 2, 3, 17, 255]
+        assert label_map.object_ids == [1, 2, 3, 17, 254]
 
 
 def test_greyscale_png_values_are_ids(tmp_path):
@@ -349,10 +349,10 @@ def test_binary_0_255_png_is_one_object(tmp_path):
     assert sorted(np.unique(labels).tolist()) == [0, 1]
     assert np.array_equal(labels, (binary == 255).astype(np.uint8))
 
-    # Only an exactly binary mask gets the rule: with other values present, 255 is an id.
+    # Only an exactly binary mask gets the rule: with other values present, 255 is void (background).
     binary[0, 0] = 3
     Image.fromarray(binary).save(tmp_path / "three_values.png")
-    assert sorted(np.unique(read_mask(tmp_path / "three_values.png").labels).tolist()) == [0, 3, 255]
+    assert sorted(np.unique(read_mask(tmp_path / "three_values.png").labels).tolist()) == [0, 3]
 
     Image.fromarray(binary > 0).save(tmp_path / "one_bit.png")
     assert read_mask(tmp_path / "one_bit.png").labels.max() == 1

@@ -8,8 +8,11 @@ no more RAM than one frame.
 from __future__ import annotations
 
 import re
+import struct
+import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -30,12 +33,15 @@ class FrameSource(ABC):
         names: one output stem per frame (file stems for a folder, "00000", "00001", ... for a video).
         fps: frames per second of a video; None for a folder.
         size: (H, W) of the frames.
+        declared_frames: the frame count a video's container declares (see VideoFrames); None for a
+            folder and where a video declares none.
     """
 
     path: Path
     names: list[str]
     fps: float | None
     size: tuple[int, int]
+    declared_frames: int | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -55,11 +61,13 @@ def natural_key(name: str) -> list[tuple[int, int | str]]:
     return [(0, int(part)) if part.isdigit() else (1, part) for part in parts if part]
 
 
-def open_frames(path: str | Path) -> FrameSource:
+def open_frames(path: str | Path, *, allow_truncated: bool = False) -> FrameSource:
     """Open a video file (.mp4/.mov/.mkv/.avi/.webm) or a folder of .jpg/.jpeg/.png frames.
 
     Raises InputError (naming the file) when the path is missing, is not a supported kind of input,
-    or cannot be decoded.
+    or cannot be decoded, and when a video is truncated: decoding ends before the frame count its
+    container declares ("decoded N of M frames"). ``allow_truncated=True`` accepts such a video with
+    the frames that decode (see :class:`VideoFrames`); it does not apply to frame folders.
     """
     path = Path(path)
     if not path.exists():
@@ -67,7 +75,7 @@ def open_frames(path: str | Path) -> FrameSource:
     if path.is_dir():
         return FolderFrames(path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        return VideoFrames(path)
+        return VideoFrames(path, allow_truncated=allow_truncated)
     supported = ", ".join(sorted(VIDEO_SUFFIXES))
     raise InputError(
         f"unsupported input {path.suffix or '(no extension)'}: give a video ({supported}) "
@@ -148,16 +156,33 @@ def _read_rgb(file: Path) -> np.ndarray:
 
 
 class VideoFrames(FrameSource):
-    """A video file decoded by ffmpeg; frames are named "00000", "00001", ..."""
+    """A video file decoded by ffmpeg; frames are named "00000", "00001", ...
 
-    def __init__(self, path: Path) -> None:
+    The frame count comes from a full decode when the video is opened, and is checked against the count
+    the container declares (``declared_frames``): counted from an MP4/MOV sample table (edit lists
+    applied, as ffmpeg applies them), or estimated from a Matroska/WebM video duration times the frame
+    rate (then compared in time, with a frame and a half of slack, which holds for variable frame rates
+    too). A decode that falls short raises InputError ("decoded N of M frames") unless
+    ``allow_truncated``, which keeps the frames that decode. AVI and fragmented MP4 declare nothing
+    that survives a cut, so the check does not apply to them.
+
+    Attributes:
+        declared_frames: the frame count the container declares (an estimate where it only gives a
+            duration); None when it declares nothing usable. With ``allow_truncated``, fewer frames
+            than that (``len``) may be used: those that decode, numbered in the order they decode.
+    """
+
+    def __init__(self, path: Path, allow_truncated: bool = False) -> None:
         self.path = path
         meta = _probe(path)
         width, height = meta["size"]
         self.size = (int(height), int(width))
         fps = float(meta.get("fps") or 0)
         self.fps = fps if fps > 0 else None
-        count = _count_frames(path)
+        decode = _decode_all(path)
+        declared = _declared_frames(path, decode.header, self.fps)
+        self.declared_frames = declared.frames if declared else None
+        count = _checked_count(path, decode, declared, self.fps, allow_truncated)
         digits = max(5, len(str(count - 1)))
         self.names = [f"{index:0{digits}d}" for index in range(count)]
 
@@ -184,7 +209,8 @@ class VideoFrames(FrameSource):
         finally:
             reader.close()  # stops the ffmpeg process even when the consumer stops early
         if count < len(self):
-            raise InputError(f"video ended after {count} of {len(self)} frames", self.path)
+            # The file changed or became unreadable since it was opened.
+            raise InputError(f"video ended early: decoded {count} of {len(self)} frames", self.path)
 
 
 def _probe(path: Path) -> dict:
@@ -203,17 +229,296 @@ def _probe(path: Path) -> dict:
     return meta
 
 
-def _count_frames(path: Path) -> int:
+# --------------------------------------------------------------------------- counting and truncation
+
+
+@dataclass
+class _DecodeRun:
+    """What one full decode of the first video stream reported on stderr."""
+
+    frames: int
+    seconds: float | None  # presentation time decoded, from ffmpeg's final "time=" report
+    header: str  # ffmpeg's description of the input (streams, durations, metadata)
+    failed: bool  # ffmpeg exited with an error
+    last_line: str
+
+
+@dataclass
+class _Declared:
+    """The frame count a container declares: counted from a sample table, or estimated from a duration."""
+
+    frames: int
+    slack: int = 0  # frames a complete decode may fall short of a counted ``frames``
+    seconds: float | None = None  # the declared duration of an estimate; estimates are compared in time
+
+
+_TIME_REPORT = re.compile(r"time=\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+
+
+def _decode_all(path: Path) -> _DecodeRun:
+    """Decode every frame of the first video stream (one per decoded frame, as __iter__ yields them)."""
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path),
+        "-map", "0:v:0", "-fps_mode", "passthrough", "-vf", "null", "-f", "null", "-",
+    ]  # fmt: skip
     try:
-        count, _seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
-    except (OSError, RuntimeError) as err:
-        raise InputError(f"cannot decode video ({_last_line(err)})", path) from err
-    if not count:
+        run = subprocess.run(command, capture_output=True, check=False)
+    except OSError as err:
+        raise InputError(f"cannot decode video ({err.strerror or err})", path) from err
+    text = run.stderr.decode(errors="replace")
+    # Progress reports ("frame=  10 ... time=00:00:01.00 ...") end in a carriage return; the last is final.
+    reports = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip().startswith("frame=")]
+    final = reports[-1] if reports else ""
+    frames = int(final.split("=", 1)[1].split()[0]) if final else 0
+    time = _TIME_REPORT.search(final)
+    header = text.split("Stream mapping:")[0]
+    seconds = _seconds(*time.groups()) if time else None
+    return _DecodeRun(frames, seconds, header, run.returncode != 0, _last_line(text))
+
+
+def _checked_count(
+    path: Path, decode: _DecodeRun, declared: _Declared | None, fps: float | None, allow_truncated: bool
+) -> int:
+    """The number of frames to use, or InputError when the video is undecodable or truncated."""
+    truncated = declared is not None and _is_truncated(decode, declared, fps)
+    if truncated and not allow_truncated:
+        about = "about " if declared.seconds is not None else ""
+        raise InputError(
+            f"video is truncated or corrupt: decoded {decode.frames} of {about}{declared.frames} frames", path
+        )
+    # ffmpeg fails on a broken packet; what decoded before it is what allow_truncated asks for.
+    if decode.failed and not (allow_truncated and decode.frames):
+        raise InputError(f"cannot decode video ({decode.last_line})", path)
+    if not decode.frames:
         raise InputError("video contains no frames", path)
-    return int(count)
+    return decode.frames
 
 
-def _last_line(err: BaseException) -> str:
+def _is_truncated(decode: _DecodeRun, declared: _Declared, fps: float | None) -> bool:
+    if declared.seconds is None:
+        return decode.frames < declared.frames - declared.slack
+    # An estimate (duration x fps) is compared in time, which also holds for variable frame rates:
+    # the decode must reach the declared duration, less a frame and a half of rounding.
+    if fps is None:
+        return False
+    if decode.seconds is None:
+        return decode.frames == 0
+    return decode.seconds < declared.seconds - 1.5 / fps - 0.01
+
+
+def _declared_frames(path: Path, header: str, fps: float | None) -> _Declared | None:
+    """The frame count the container of ``path`` declares, or None when it gives none to trust."""
+    try:
+        counted = _mp4_presented_samples(path)
+    except (OSError, ValueError, struct.error):
+        counted = None  # a corrupt or unusual MP4 layout: no count to trust
+    if counted is not None:
+        return counted
+    seconds = _matroska_video_duration(header)
+    if seconds is None or fps is None:
+        return None
+    return _Declared(round(seconds * fps), seconds=seconds)
+
+
+def _seconds(hours: str, minutes: str, seconds: str) -> float:
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+_STREAM_LINE = re.compile(r"^(\s*)Stream #0:\d+\S*: (\w+):")
+_DURATION_TAG = re.compile(r"^\s*DURATION(?:-\w+)?\s*:\s*(\d+):(\d+):(\d+(?:\.\d+)?)", re.IGNORECASE)
+_CONTAINER_DURATION = re.compile(r"^\s*Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+
+
+def _matroska_video_duration(header: str) -> float | None:
+    """The first video stream's duration in a Matroska/WebM file, as ffmpeg's input description gives it.
+
+    Matroska muxers store it per stream (the DURATION tag), written when the file is finalised, so a
+    file cut short afterwards still declares it. Failing that, the segment duration is used when the
+    video is the file's only stream (with more streams it is the longest one's). Other containers are
+    not read: ffmpeg fills in a duration estimated from the file size and bit rate where they have
+    none, which says nothing about truncation.
+    """
+    lines = header.splitlines()
+    if not any(line.startswith("Input #0, matroska") for line in lines):
+        return None
+    streams = [(index, match) for index, line in enumerate(lines) if (match := _STREAM_LINE.match(line))]
+    videos = [(index, match) for index, match in streams if match.group(2) == "Video"]
+    if not videos:
+        return None
+    index, match = videos[0]
+    indent = len(match.group(1))
+    for line in lines[index + 1 :]:
+        if len(line) - len(line.lstrip()) <= indent:
+            break  # end of this stream's block
+        if tag := _DURATION_TAG.match(line):
+            return _seconds(*tag.groups())
+    if len(streams) != 1:
+        return None
+    segment = [found for line in lines if (found := _CONTAINER_DURATION.match(line))]
+    return _seconds(*segment[0].groups()) if segment else None
+
+
+# ------------------------------------------------------------------------------- MP4 sample table
+
+
+def _mp4_presented_samples(path: Path) -> _Declared | None:
+    """The number of frames of the first video track of an MP4/MOV file that a player presents.
+
+    That is the track's sample count, less the samples its edit list cuts (trimmed clips keep the whole
+    first group of pictures and hide its start with an edit, which ffmpeg honours). None when the file
+    is not an MP4/MOV or its moov box lists no samples (fragmented MP4).
+    """
+    moov = _read_moov(path)
+    if moov is None:
+        return None
+    movie_timescale = _timescale(_child(moov, b"mvhd"))
+    for trak in _children(moov, b"trak"):
+        mdia = _child(trak, b"mdia")
+        if mdia is None or (hdlr := _child(mdia, b"hdlr")) is None or hdlr[8:12] != b"vide":
+            continue
+        stbl = _child(_child(mdia, b"minf") or b"", b"stbl")
+        if stbl is None:
+            return None
+        count = _sample_count(stbl)
+        if not count:
+            return None
+        edts = _child(trak, b"edts")
+        elst = _child(edts, b"elst") if edts is not None else None
+        if elst is None:
+            return _Declared(count)
+        media_timescale = _timescale(_child(mdia, b"mdhd"))
+        presented = _samples_in_edits(stbl, count, _edits(elst), movie_timescale, media_timescale)
+        # Counting an edited track follows ffmpeg's rule (a frame shows when it starts inside an edit);
+        # where edits cut frames, allow for a frame of disagreement at an edit's boundary.
+        return None if presented is None else _Declared(presented, slack=int(presented != count))
+    return None
+
+
+def _read_moov(path: Path) -> bytes | None:
+    """The payload of the top-level moov box, found by skipping from box header to box header."""
+    with open(path, "rb") as handle:
+        first = handle.read(8)
+        if len(first) < 8 or first[4:8] not in (b"ftyp", b"moov", b"wide", b"free", b"mdat", b"skip"):
+            return None
+        handle.seek(0)
+        while header := handle.read(8):
+            if len(header) < 8:
+                return None
+            size, kind = struct.unpack(">I4s", header)
+            header_size = 8
+            if size == 1:
+                size = struct.unpack(">Q", handle.read(8))[0]
+                header_size = 16
+            if kind == b"moov":
+                if size == 0 or size > 512 * 1024 * 1024:
+                    return None
+                payload = handle.read(size - header_size)
+                return payload if len(payload) == size - header_size else None
+            if size < header_size:
+                return None  # size 0 (box runs to the end of the file) or a corrupt header
+            handle.seek(size - header_size, 1)
+    return None
+
+
+def _children(payload: bytes, kind: bytes) -> Iterator[bytes]:
+    """The payloads of the boxes of type ``kind`` directly inside ``payload``."""
+    position = 0
+    while position + 8 <= len(payload):
+        size, found = struct.unpack_from(">I4s", payload, position)
+        header_size = 8
+        if size == 1:
+            size = struct.unpack_from(">Q", payload, position + 8)[0]
+            header_size = 16
+        elif size == 0:
+            size = len(payload) - position
+        if size < header_size or position + size > len(payload):
+            raise ValueError("corrupt MP4 box")
+        if found == kind:
+            yield payload[position + header_size : position + size]
+        position += size
+
+
+def _child(payload: bytes | None, kind: bytes) -> bytes | None:
+    return next(_children(payload, kind), None) if payload is not None else None
+
+
+def _timescale(box: bytes | None) -> int:
+    """The timescale of an mvhd or mdhd box (version 0: 32-bit times, version 1: 64-bit)."""
+    if box is None:
+        raise ValueError("MP4 without mvhd/mdhd")
+    offset = 20 if box[0] == 1 else 12
+    timescale = struct.unpack_from(">I", box, offset)[0]
+    if not timescale:
+        raise ValueError("MP4 timescale 0")
+    return timescale
+
+
+def _sample_count(stbl: bytes) -> int | None:
+    if (stsz := _child(stbl, b"stsz")) is not None:
+        sample_size, count = struct.unpack_from(">II", stsz, 4)
+        if not sample_size and len(stsz) < 12 + 4 * count:
+            raise ValueError("stsz lists fewer sizes than samples")  # as ffmpeg, distrust the count
+        return count
+    if (stz2 := _child(stbl, b"stz2")) is not None:
+        return struct.unpack_from(">I", stz2, 8)[0]
+    return None
+
+
+def _edits(elst: bytes) -> list[tuple[int, int, float]]:
+    """(segment duration in movie units, media start time or -1 for an empty edit, rate) per edit."""
+    version = elst[0]
+    entry_count = struct.unpack_from(">I", elst, 4)[0]
+    layout, step = (">QqI", 20) if version == 1 else (">IiI", 12)
+    edits = []
+    for number in range(entry_count):
+        duration, media_time, rate = struct.unpack_from(layout, elst, 8 + number * step)
+        edits.append((duration, media_time, rate / 65536))
+    return edits
+
+
+def _run_table(box: bytes | None, signed: bool, samples: int) -> np.ndarray | None:
+    """Expand an stts/ctts table of (count, value) entries to one value per sample, for ``samples`` at most."""
+    if box is None:
+        return None
+    entry_count = struct.unpack_from(">I", box, 4)[0]
+    entries = np.frombuffer(box, dtype=">u4", count=2 * entry_count, offset=8).reshape(-1, 2)
+    values = entries[:, 1].astype(np.int32 if signed else np.uint32).astype(np.int64)
+    # Clip the run lengths to the sample count, so a corrupt count cannot expand to gigabytes.
+    counts = np.minimum(entries[:, 0].astype(np.int64), samples)
+    ends = np.cumsum(counts)
+    used = min(int(np.searchsorted(ends, samples)) + 1, len(counts))
+    counts = counts[:used].copy()
+    if used:
+        counts[-1] -= max(int(ends[used - 1]) - samples, 0)
+    return np.repeat(values[:used], counts)
+
+
+def _samples_in_edits(
+    stbl: bytes, count: int, edits: list[tuple[int, int, float]], movie_timescale: int, media_timescale: int
+) -> int | None:
+    """How many samples start (in presentation time) inside the track's non-empty edits."""
+    if any(media_time >= 0 and rate != 1 for _duration, media_time, rate in edits):
+        return None  # slow or fast motion edits: ffmpeg's handling is not a plain count
+    deltas = _run_table(_child(stbl, b"stts"), signed=False, samples=count)
+    if deltas is None:
+        return None
+    decode_times = np.concatenate([[0], np.cumsum(deltas)])[:count]
+    offsets = _run_table(_child(stbl, b"ctts"), signed=True, samples=count)
+    starts = decode_times.copy()
+    if offsets is not None:
+        usable = min(len(offsets), len(starts))
+        starts[:usable] += offsets[:usable]
+    presented = 0
+    for duration, media_time, _rate in edits:
+        if media_time < 0:
+            continue  # an empty edit: a pause before the track starts, no samples
+        # A duration of 0 (some muxers of fragmented files) means the rest of the media.
+        end = media_time + duration * media_timescale / movie_timescale if duration else np.inf
+        presented += int(np.count_nonzero((starts >= media_time) & (starts < end)))
+    return presented
+
+
+def _last_line(err: BaseException | str) -> str:
     """The most telling line of an ffmpeg error: its last non-empty line, so messages stay one line."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith("===")]
-    return lines[-1] if lines else type(err).__name__
+    return lines[-1] if lines else "no message" if isinstance(err, str) else type(err).__name__

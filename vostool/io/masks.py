@@ -22,7 +22,9 @@ from vostool.io.palette import normalize_palette
 
 MASK_SUFFIXES = frozenset({".png", ".json"})
 RLE_VIDEO_FORMAT = "vostool-rle-v1"
-_LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg"})
+_LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
+VOID_8BIT = 255  # DAVIS convention: "void" (unlabelled) pixels, ignored like background
+VOID_16BIT = 65535  # the same rule at 16 bits
 
 
 @dataclass
@@ -42,6 +44,11 @@ class LabelMap:
         """The ids present, ascending, background excluded."""
         return [int(value) for value in np.unique(self.labels) if value != 0]
 
+    @property
+    def max_id(self) -> int:
+        """The highest object id present (0 when there is none): above 255, a palette PNG cannot hold it."""
+        return int(self.labels.max()) if self.labels.size else 0
+
 
 def label_dtype(max_id: int) -> type[np.integer]:
     """uint8 when every id fits in a byte (the common case and what PNGs store), else int32."""
@@ -55,11 +62,17 @@ def read_mask(
 
     PNG rules:
       * indexed (palette) PNG: pixel indices are the object ids; the palette is kept.
-      * greyscale PNG: pixel values are the object ids, except that a binary mask whose values are
-        exactly {0, 255} (or {0, 65535} for 16-bit) is read as ids {0, 1}: such files are
-        single-object masks saved by image editors, not masks of object 255.
+      * greyscale PNG: pixel values are the object ids (8 or 16 bits; 16-bit ids above 255 are
+        returned as they are, in an int32 map).
+      * void: 255 (65535 in a 16-bit PNG) marks void pixels, as in DAVIS; they are read as 0
+        (background), so {1, 2, 255} gives objects 1 and 2 and a mask of only void has no object.
+        The exception is a binary mask, exactly {0, 255} (or {0, 65535}): it is read as object 1,
+        being a single-object mask as image editors save it. In a palette PNG whose object moves
+        from 255 to 1 this way, palette entry 1 takes entry 255's colour.
       * RGB(A) PNG: accepted only when R == G == B everywhere (then read as greyscale); colour masks
         are rejected because the mapping from colours to object ids would be a guess.
+      * lossy images (JPEG by name or content, lossy WebP, JPEG-compressed TIFF) are rejected:
+        compression noise around edges would become objects.
 
     JSON rules (``.json``), in any of these layouts:
       * a COCO annotation file ``{"annotations": [{"segmentation": {...}, ...}], "images": [...]}``
@@ -75,19 +88,21 @@ def read_mask(
     is ignored. Where objects overlap, later objects overwrite earlier ones.
 
     ``size`` (H, W), when given, must equal the mask's size. Raises InputError naming the file when the
-    file is missing, unreadable or malformed, has the wrong size, or contains no object (unless
+    file is missing, unreadable, lossy or malformed, has the wrong size, or contains no object (unless
     ``allow_empty``).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("no such mask file" if not path.exists() else "mask is not a file", path)
+    if path.suffix.lower() in _LOSSY_SUFFIXES:
+        _refuse_lossy("JPEG", path)
     if path.suffix.lower() == ".json":
         label_map = _read_rle_mask(path, size, allow_empty)
     else:
         label_map = _read_image_mask(path)
     _check_size(path, label_map.labels.shape, size)
     if not allow_empty and not label_map.labels.any():
-        raise InputError("mask contains no object (every pixel is background)", path)
+        raise InputError("mask contains no object (every pixel is background or void)", path)
     return label_map
 
 
@@ -139,7 +154,7 @@ def _mask_files(folder: Path) -> list[Path]:
         if entry.name.startswith(".") or not entry.is_file():
             continue
         if suffix in _LOSSY_SUFFIXES:
-            raise InputError("JPEG masks are not supported (lossy compression alters ids); use PNG", entry)
+            _refuse_lossy("JPEG", entry)
         if suffix in MASK_SUFFIXES:
             files.append(entry)
     return files
@@ -184,13 +199,44 @@ def _check_size(path: Path, shape: tuple[int, ...], size: tuple[int, int] | None
 # ---------------------------------------------------------------------------------------------- PNG
 
 
+def _refuse_lossy(kind: str, path: Path) -> None:
+    raise InputError(f"{kind} masks are not supported (lossy compression alters ids); use PNG", path)
+
+
 def _read_image_mask(path: Path) -> LabelMap:
     try:
         with Image.open(path) as image:
+            if (lossy := _lossy_kind(path, image)) is not None:
+                _refuse_lossy(lossy, path)
             image.load()
             return _labels_from_image(path, image)
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise InputError(f"not a readable mask image ({err})", path) from err
+
+
+def _lossy_kind(path: Path, image: Image.Image) -> str | None:
+    """The name of the lossy format ``image`` is stored in (whatever the file is called), else None."""
+    if image.format in ("JPEG", "MPO", "JPEG2000"):
+        return "JPEG"
+    if image.format == "TIFF" and str(image.info.get("compression", "")).endswith("jpeg"):
+        return "JPEG-compressed TIFF"
+    if image.format == "WEBP" and _is_lossy_webp(path.read_bytes()):
+        return "lossy WebP"
+    return None
+
+
+def _is_lossy_webp(data: bytes) -> bool:
+    """Whether a WebP file holds VP8 (lossy) image data: a "VP8 " chunk, where lossless is "VP8L"."""
+    position = 12  # after "RIFF", the size and "WEBP"
+    while position + 8 <= len(data):
+        kind = data[position : position + 4]
+        if kind == b"VP8 ":
+            return True
+        size = int.from_bytes(data[position + 4 : position + 8], "little")
+        # An extended file (VP8X) holds its image in later chunks, animation frames (ANMF) a header
+        # of 16 bytes before their own chunks.
+        position += 8 + (16 if kind == b"ANMF" else size + size % 2)
+    return False
 
 
 def _labels_from_image(path: Path, image: Image.Image) -> LabelMap:
@@ -198,13 +244,18 @@ def _labels_from_image(path: Path, image: Image.Image) -> LabelMap:
     if mode in ("P", "PA"):
         indices = np.array(image.getchannel(0))
         palette = image.getpalette("RGB")
-        return LabelMap(indices, normalize_palette(palette) if palette else None)
+        labels = _ids_with_void(indices, VOID_8BIT, path)
+        palette = normalize_palette(palette) if palette else None
+        if palette is not None and _is_binary(indices, VOID_8BIT):
+            # The object was drawn in colour 255 and is now id 1: keep the colour the user sees.
+            palette = palette[:3] + palette[3 * VOID_8BIT : 3 * VOID_8BIT + 3] + palette[6:]
+        return LabelMap(labels, palette)
     if mode == "1":
         return LabelMap(np.array(image).astype(np.uint8))
     if mode in ("L", "LA"):
-        return LabelMap(_grey_ids(np.array(image.getchannel(0)), white=255, path=path))
+        return LabelMap(_ids_with_void(np.array(image.getchannel(0)), VOID_8BIT, path))
     if mode.startswith("I;16") or mode == "I":
-        return LabelMap(_grey_ids(np.array(image), white=65535, path=path))
+        return LabelMap(_ids_with_void(np.array(image), VOID_16BIT, path))
     if mode in ("RGB", "RGBA"):
         rgb = np.array(image.convert("RGB"))
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
@@ -213,20 +264,25 @@ def _labels_from_image(path: Path, image: Image.Image) -> LabelMap:
                 "or greyscale PNG",
                 path,
             )
-        return LabelMap(_grey_ids(rgb[..., 0], white=255, path=path))
+        return LabelMap(_ids_with_void(rgb[..., 0], VOID_8BIT, path))
     raise InputError(f"unsupported mask image mode {mode!r}; use an indexed or greyscale PNG", path)
 
 
-def _grey_ids(values: np.ndarray, white: int, path: Path) -> np.ndarray:
-    """Grey values are ids, except the binary {0, white} case, which means one object (id 1)."""
+def _is_binary(values: np.ndarray, void: int) -> bool:
+    """Exactly the values {0, void}: a single-object mask as image editors save it."""
+    present = np.unique(values)
+    return len(present) == 2 and present[0] == 0 and present[1] == void
+
+
+def _ids_with_void(values: np.ndarray, void: int, path: Path) -> np.ndarray:
+    """Pixel values as ids with ``void`` read as background, except the binary {0, void} case: object 1."""
     values = values.astype(np.int64)
     if values.size and values.min() < 0:
         raise InputError("mask has negative values", path)
-    present = np.unique(values)
-    if white in present and np.isin(present, (0, white)).all():
-        return (values == white).astype(np.uint8)
-    max_id = int(present[-1]) if present.size else 0
-    return values.astype(label_dtype(max_id))
+    if _is_binary(values, void):
+        return (values == void).astype(np.uint8)
+    values[values == void] = 0
+    return values.astype(label_dtype(int(values.max()) if values.size else 0))
 
 
 # --------------------------------------------------------------------------------------------- JSON
