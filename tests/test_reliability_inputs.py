@@ -478,3 +478,28 @@ def test_complete_video_is_not_refused(tmp_path, case):
     assert len(source) == frames and sum(1 for _ in source) == frames
     if source.declared_frames is not None and not case.startswith("vfr mkv"):
         assert source.declared_frames == frames  # vfr mkv: duration x nominal fps is only an estimate
+
+
+def test_cli_allow_truncated_segments_what_decodes(tmp_path, truncated_mp4):
+    mask = save_palette(tmp_path / "mask.png", two_objects())
+    result = runner.invoke(app, ["segment", str(truncated_mp4), "--mask", str(mask), "--out", str(tmp_path / "out"),
+                                 "--allow-truncated", "--size", "64", "--device", "cpu", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    written = sorted((tmp_path / "out").glob("*.png"))
+    assert 0 < len(written) < 10 and json.loads(result.stdout.splitlines()[-1])["frames"] == len(written)
+
+
+def test_ids_above_254_with_palette_output_are_refused_before_model_work(tmp_path, monkeypatch):
+    import vostool.api
+
+    labels = np.zeros((H, W), np.uint16)
+    labels[10:30, 10:30] = 300
+    mask = save_16bit(tmp_path / "mask16.png", labels)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t, frame in enumerate(textured_frames(2)):
+        Image.fromarray(frame).save(frames / f"{t:05d}.png")
+    monkeypatch.setattr(vostool.api, "load_network", lambda *a, **k: pytest.fail("the model ran first"))
+    output = expect_cli_error(["segment", str(frames), "--mask", str(mask), "--out", str(tmp_path / "out")],
+                              str(mask), "object id 300", "--rle")
+    assert "1-254" in output and not (tmp_path / "out").exists()

@@ -9,7 +9,10 @@ __version__ = "0.1.0"
 from .errors import VostoolError, VostoolWarning
 from .settings import RunSettings, SettingsError
 
-__all__ = ["RunSettings", "SegmentSummary", "SettingsError", "VostoolError", "VostoolWarning", "segment", "__version__"]
+__all__ = [
+    "FrameResult", "RunSettings", "SegmentSummary", "Session", "SettingsError", "Tracker", "VostoolError",
+    "VostoolWarning", "load", "segment", "__version__",
+]
 
 
 def __getattr__(name: str):
@@ -18,4 +21,8 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name in ("load", "Tracker", "Session", "FrameResult"):
+        from . import tracker
+
+        return getattr(tracker, name)
     raise AttributeError(f"module 'vostool' has no attribute {name!r}")

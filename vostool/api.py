@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine.core import EngineOptions, VideoPropagator
 from .engine.protocol import VOSNetwork
-from .engine.transforms import long_side_capped
+from .engine.transforms import long_side_capped, resized_size
 from .errors import InputError, OutputError, VostoolError, VostoolWarning
 from .io.frames import FrameSource, open_frames
 from .io.guard import refuse_overwriting_inputs
@@ -28,6 +27,7 @@ from .io.writers import OverlayWriter, PaletteWriter, RleWriter
 from .models.registry import DEFAULT_MODEL, build_model, get_model_info
 from .pipeline import segment_stream
 from .settings import RunSettings, SettingsError, validate_device_name
+from .tracker import Tracker
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -128,14 +128,18 @@ def segment(
     max_memory_frames: int | None = None,
     offline: bool = False,
     progress: ProgressCallback | None = None,
-    network: VOSNetwork | None = None,
+    tracker: Tracker | None = None,
+    allow_truncated: bool = False,
 ) -> SegmentSummary:
     """Segment the objects of ``mask`` (and/or ``masks_dir``) through the video or frame folder ``input``.
 
     ``size``: internal short side (None = the model's default, -1 = native resolution). Outputs: palette
     PNGs in ``out_dir`` (named like the input frames), an overlay MP4, and/or a COCO RLE JSON; each file is
-    written atomically. ``network``: a network already built by :func:`load_network` for ``model`` on
-    ``device``, to reuse it across videos (then ``weights`` and ``offline`` are not used).
+    written atomically. ``tracker``: a :class:`vostool.Tracker` from :func:`vostool.load`, to reuse one
+    loaded network across videos (then it supplies the model, device and settings, and ``model``,
+    ``weights``, ``device``, ``size``, ``precision``, ``mem_every``, ``top_k``, ``max_memory_frames`` and
+    ``offline`` are not used). ``allow_truncated``: segment the frames a damaged video still decodes
+    instead of refusing it (see :func:`vostool.io.frames.open_frames`).
 
     Raises :class:`vostool.VostoolError` for bad input, before any model work where it can be known
     then: :class:`~vostool.settings.SettingsError` (a subclass; its ``parameter`` names the argument) for
@@ -144,7 +148,7 @@ def segment(
     processed smaller than ``size`` asks (a very elongated video, see ``vostool.settings.MAX_ASPECT``)
     is reported with a :class:`vostool.errors.VostoolWarning`.
     """
-    settings = RunSettings(
+    settings = tracker.settings if tracker is not None else RunSettings(
         size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
         precision=precision, device=device,
     )
@@ -155,56 +159,51 @@ def segment(
         {"--overlay": overlay, "--rle": rle},
         ("--out", out_dir),
     )
-    source = open_frames(input)
+    source = open_frames(input, allow_truncated=allow_truncated)
     given, palette = read_given_masks(source, mask, masks_dir)
     if out_dir is not None:
         _check_ids_fit_png(given, mask, masks_dir)
-    torch_device = resolve_device(settings.device)
-    if network is None:
-        network = load_network(model, weights, torch_device, offline=offline)
-    if settings.top_k is not None:
-        _set_top_k(network, model, settings.top_k)
-    options = EngineOptions(
-        short_side=settings.short_side, mem_every=settings.mem_every,
-        max_memory_frames=settings.max_memory_frames, precision=settings.precision,
-    )
-    propagator = VideoPropagator(network, source.size, len(source), torch_device, options)
-    _warn_if_downscaled(source, propagator)
+    if tracker is None:
+        torch_device = resolve_device(settings.device)
+        tracker = Tracker(load_network(model, weights, torch_device, offline=offline), model, torch_device, settings)
+    session = tracker.session(num_frames=len(source))
+    _warn_if_downscaled(source, tracker)
 
     start = time.perf_counter()
     with _Outputs(out_dir, overlay, rle, palette, source.fps) as outputs:
         # Decoding and writing run in background threads next to the model (see vostool.pipeline).
-        segment_stream(propagator, source, source.names, given, outputs.write, progress=progress)
+        segment_stream(session, source, source.names, given, outputs.write, progress=progress)
     return SegmentSummary(
         input=str(input),
-        model=model,
-        device=str(torch_device),
+        model=tracker.model,
+        device=str(tracker.device),
         precision=settings.precision,
         frames=len(source),
         size=source.size,
-        objects=list(propagator.object_ids),
+        objects=list(session.object_ids),
         seconds=time.perf_counter() - start,
         outputs=outputs.written,
     )
 
 
 def _check_ids_fit_png(given: dict[int, np.ndarray], mask: str | Path | None, masks_dir: str | Path | None) -> None:
-    """Palette PNGs hold ids 0-255: say so now, naming the mask, rather than after frame 0 is segmented."""
+    """Palette PNGs hold ids 1-254 (255 reads back as void): say so now, naming the mask, rather than after
+    frame 0 is segmented."""
     for t, labels in sorted(given.items()):
         max_id = int(labels.max()) if labels.size else 0
-        if max_id > 255:
+        if max_id > 254:
             where = mask if t == 0 and mask is not None else masks_dir
             raise OutputError(
-                f"object id {max_id} does not fit in the palette PNGs of --out (ids 1-255); "
+                f"object id {max_id} does not fit in the palette PNGs of --out (ids 1-254; 255 means void); "
                 "write --rle FILE.json instead, or renumber the objects",
                 where,
             )
 
 
-def _warn_if_downscaled(source: FrameSource, propagator: VideoPropagator) -> None:
-    short_side = propagator.prep.short_side
+def _warn_if_downscaled(source: FrameSource, tracker: Tracker) -> None:
+    short_side = tracker.options.preprocessing(tracker.network.preprocessing).short_side
     if long_side_capped(source.size, short_side):
-        height, width = propagator.geometry.resized
+        height, width = resized_size(source.size, short_side)
         warnings.warn(
             VostoolWarning(
                 f"{source.path}: frames are {source.size[1]}x{source.size[0]}, processed at {width}x{height}, "
@@ -213,12 +212,6 @@ def _warn_if_downscaled(source: FrameSource, propagator: VideoPropagator) -> Non
             ),
             stacklevel=3,
         )
-
-
-def _set_top_k(network: VOSNetwork, model: str, top_k: int) -> None:
-    if not hasattr(network, "top_k"):
-        raise SettingsError("top_k", top_k, f"model {model} has no top-k memory readout")
-    network.top_k = top_k
 
 
 class _Outputs:

@@ -173,6 +173,7 @@ def segment(
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Memory positions read per query position (default: the model's).")] = None,
     max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", help="Cap on memory frames; annotated frames stay, the oldest others are dropped.")] = None,
     offline: Annotated[bool, typer.Option("--offline", envvar="VOSTOOL_OFFLINE", help="Never download checkpoints.")] = False,
+    allow_truncated: Annotated[bool, typer.Option("--allow-truncated", help="Segment what a truncated or damaged video still decodes instead of refusing it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a one-line JSON summary on stdout.")] = False,
 ) -> None:
@@ -184,6 +185,7 @@ def segment(
             input, mask, masks_dir=masks, model=model, weights=weights, device=device, size=size,
             precision=precision, out_dir=out_dir, overlay=overlay, rle=rle, mem_every=mem_every,
             top_k=top_k, max_memory_frames=max_memory_frames, offline=offline, progress=progress,
+            allow_truncated=allow_truncated,
         )
     if as_json:
         print(json.dumps(summary.to_dict()), flush=True)

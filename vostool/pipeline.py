@@ -17,16 +17,19 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .engine.core import VideoPropagator
 from .engine.timing import carry_to_thread, stage
 
 # How often a blocked put/get wakes up to check whether the other side has stopped or failed.
 _POLL_SECONDS = 0.05
 READ_AHEAD = 4
 WRITE_BEHIND = 8
+
+if TYPE_CHECKING:
+    from .tracker import Session
 
 WriteFn = Callable[[str, np.ndarray, np.ndarray], None]
 ProgressFn = Callable[[int, int], None]
@@ -188,7 +191,7 @@ class BackgroundWriter:
 
 
 def segment_stream(
-    propagator: VideoPropagator,
+    session: Session,
     frames: Iterable[np.ndarray],
     names: Sequence[str],
     given: Mapping[int, np.ndarray],
@@ -197,7 +200,9 @@ def segment_stream(
     limit: int | None = None,
     progress: ProgressFn | None = None,
 ) -> int:
-    """Decode ``frames`` ahead, segment each with ``propagator``, ``write(name, frame, labels)`` behind.
+    """Decode ``frames`` ahead, segment each in ``session``, ``write(name, frame, labels)`` behind.
+
+    ``given``: label maps by frame index, added to the session as their frames come.
 
     Returns the number of frames segmented. Every write has finished (or been dropped, on error)
     when this returns or raises.
@@ -206,7 +211,9 @@ def segment_stream(
     count = 0
     with FramePrefetcher(frames, limit=total) as reader, BackgroundWriter(write) as writer:
         for t, frame in enumerate(reader):
-            result = propagator.step(frame, given.get(t))
+            if t in given:
+                session.add_masks(t, given[t])
+            result = session.step(frame)
             writer.submit(names[t], frame, result.labels)
             count = t + 1
             if progress is not None:

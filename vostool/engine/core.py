@@ -62,6 +62,7 @@ class StepResult:
     labels: np.ndarray  # (H0, W0), dtype of the given masks' ids
     prob_padded: torch.Tensor  # (K+1, 1, Hp, Wp) aggregated probabilities at the padded size
     object_ids: tuple[int, ...]  # id of channel 1..K
+    probabilities: torch.Tensor  # (K+1, H0, W0) the same at the original size; channel 0 = background
 
 
 class VideoPropagator:
@@ -91,13 +92,22 @@ class VideoPropagator:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def step(self, frame: np.ndarray, given: np.ndarray | None = None) -> StepResult:
+    def step(self, frame: np.ndarray | torch.Tensor, given: np.ndarray | None = None) -> StepResult:
         """Segment the next frame. ``given``: a label map (H0, W0) of objects annotated on this frame."""
         return self.step_preprocessed(self.preprocess(frame), given)
 
+    def remove_object(self, object_id: int) -> None:
+        """Stop tracking ``object_id``: its slot, its memory rows and its state are dropped; the other
+        objects keep theirs (their slots above it move down by one)."""
+        if object_id not in self.object_ids:
+            raise KeyError(object_id)
+        slot = self.object_ids.index(object_id)
+        del self.object_ids[slot]
+        self.bank.remove_slot(slot)
+
     @torch.inference_mode()
-    def preprocess(self, frame: np.ndarray) -> torch.Tensor:
-        """The network's input for an RGB uint8 ``frame`` (H0, W0, 3), on the device.
+    def preprocess(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The network's input for an RGB uint8 ``frame`` (H0, W0, 3), numpy or torch (on any device).
 
         ``vostool bench`` preloads frames this way to time the model alone, as papers do.
         """
@@ -126,8 +136,9 @@ class VideoPropagator:
             with stage("memory_write"):
                 self._maybe_memorize(t, image, query, prob, annotated=given is not None)
         with stage("postprocess"):
-            labels = self._labels(prob)
-        return StepResult(t, labels, prob, tuple(self.object_ids))
+            probabilities = unpad_and_resize(prob, self.geometry)
+            labels = self._labels(probabilities)
+        return StepResult(t, labels, prob, tuple(self.object_ids), probabilities)
 
     def _register_objects(self, given: np.ndarray | None) -> None:
         """New ids of a given mask get the next object slots; known ids keep theirs."""
@@ -168,15 +179,16 @@ class VideoPropagator:
         entry = MemoryEntry(t, key, values, tuple(range(len(self.object_ids))), pinned=annotated)
         self.bank.add(entry, permanent=kind == "permanent")
 
-    def _labels(self, prob: torch.Tensor) -> np.ndarray:
-        index = unpad_and_resize(prob, self.geometry).argmax(dim=0).cpu().numpy()
+    def _labels(self, probabilities: torch.Tensor) -> np.ndarray:
+        index = probabilities.argmax(dim=0).cpu().numpy()
         lut = np.array([0, *self.object_ids], dtype=self.label_dtype)
         return lut[index]
 
     def _empty_result(self, t: int) -> StepResult:
         hp, wp = self.geometry.padded
         prob = torch.ones(1, 1, hp, wp, device=self.device)
-        return StepResult(t, np.zeros(self.geometry.original, self.label_dtype), prob, ())
+        background = torch.ones(1, *self.geometry.original, device=self.device)
+        return StepResult(t, np.zeros(self.geometry.original, self.label_dtype), prob, (), background)
 
 
 def propagate(

@@ -63,6 +63,13 @@ class MemoryBank:
         del self.permanent[oldest_unpinned]
         return True
 
+    def remove_slot(self, slot: int) -> None:
+        """Forget object ``slot`` everywhere: its value rows go, higher slots move down by one, and an
+        entry that held nothing else is dropped."""
+        self.permanent = [e for e in self.permanent if _without_slot(e, slot)]
+        if self.temporary is not None and not _without_slot(self.temporary, slot):
+            self.temporary = None
+
     def views(self, objects: list[int]) -> list[MemoryView]:
         """Split ``objects`` into groups that are held by the same entries, one view per group.
 
@@ -81,3 +88,14 @@ class MemoryBank:
             rows = [[e.objects.index(obj) for obj in group] for e in chosen]
             views.append(MemoryView(entries=chosen, objects=tuple(group), rows=rows))
         return views
+
+
+def _without_slot(entry: MemoryEntry, slot: int) -> bool:
+    """Drop ``slot``'s value row from ``entry`` in place; False when the entry then holds no object."""
+    rows = [row for row, obj in enumerate(entry.objects) if obj != slot]
+    if not rows:
+        return False
+    if len(rows) != len(entry.objects):
+        entry.values = entry.values[rows]
+    entry.objects = tuple(obj - (obj > slot) for obj in entry.objects if obj != slot)
+    return True

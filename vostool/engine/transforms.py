@@ -54,13 +54,18 @@ def long_side_capped(size: tuple[int, int], short_side: int | None) -> bool:
     return int(short_side * max(h, w) / min(h, w)) > int(short_side * MAX_ASPECT)
 
 
-def preprocess_frame(frame: np.ndarray, geom: Geometry, prep: Preprocessing, device: torch.device) -> torch.Tensor:
+def preprocess_frame(
+    frame: np.ndarray | torch.Tensor, geom: Geometry, prep: Preprocessing, device: torch.device
+) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> normalised, resized, zero-padded (1, 3, Hp, Wp) float32 on ``device``.
+
+    ``frame`` is a numpy array or a torch tensor (a tensor already on ``device`` is not copied).
 
     Normalise first, then resize the float tensor (``prep.resize_mode``) with *no* antialias (what the
     official code did with torchvision 0.9 / 0.12), then pad with zeros in normalised space (= the mean colour).
     """
-    x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float().div(255)
+    pixels = frame if isinstance(frame, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frame))
+    x = pixels.to(device).permute(2, 0, 1).float().div(255)
     mean = torch.tensor(prep.mean, device=device).view(3, 1, 1)
     std = torch.tensor(prep.std, device=device).view(3, 1, 1)
     x = ((x - mean) / std).unsqueeze(0)

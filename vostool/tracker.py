@@ -1,0 +1,196 @@
+"""The streaming Python API: frames in, masks out, objects added or removed on any frame.
+
+    >>> import vostool
+    >>> tracker = vostool.load("propagate-lite0", device="cpu")        # the network, loaded once
+    >>> session = tracker.session()                                   # one video's state
+    >>> for result in session.track(frames, masks={0: first_labels}):
+    ...     print(result.index, result.object_ids, result.labels.shape)
+
+A :class:`Tracker` holds a built network and the run settings; it is shared by any number of
+:class:`Session` s, each of which owns one video's memory bank, objects and per-object state, so
+videos never leak into each other (several sessions may even be stepped in turn, frame by frame).
+``vostool.segment``, ``vostool eval --model`` and ``vostool bench`` all run on this API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .engine.core import EngineOptions, StepResult, VideoPropagator
+from .engine.protocol import VOSNetwork
+from .errors import VostoolError
+from .settings import RunSettings, SettingsError
+
+Frame = np.ndarray | torch.Tensor
+
+
+@dataclass
+class FrameResult:
+    """One segmented frame.
+
+    ``labels``: (H, W) object ids at the frame's size (0 = background), numpy, on the host.
+    ``object_ids``: the ids being tracked, in the order of ``probabilities``' channels 1..K.
+    ``probabilities``: (K+1, H, W) float32 soft-aggregated probabilities on the tracker's device,
+    channel 0 = background; they sum to one over the channels.
+    """
+
+    index: int
+    labels: np.ndarray
+    object_ids: tuple[int, ...]
+    probabilities: torch.Tensor
+
+    @classmethod
+    def from_step(cls, step: StepResult) -> FrameResult:
+        return cls(step.index, step.labels, step.object_ids, step.probabilities)
+
+
+class Tracker:
+    """A network on a device with validated settings. Build it with :func:`load`."""
+
+    def __init__(self, network: VOSNetwork, model: str, device: torch.device, settings: RunSettings) -> None:
+        self.network = network
+        self.model = model
+        self.device = device
+        self.settings = settings
+        if settings.top_k is not None:
+            _set_top_k(network, model, settings.top_k)
+        self.options = EngineOptions(
+            short_side=settings.short_side, mem_every=settings.mem_every,
+            max_memory_frames=settings.max_memory_frames, precision=settings.precision,
+        )
+
+    def session(self, num_frames: int | None = None) -> Session:
+        """A new video. ``num_frames``, when known, lets the engine skip memorising the last frame."""
+        return Session(self, num_frames)
+
+    def __repr__(self) -> str:
+        return f"Tracker({self.model!r}, device={str(self.device)!r}, settings={self.settings})"
+
+
+class Session:
+    """One video's tracking state. Frames are fed in order with :meth:`step` (or :meth:`track`).
+
+    Masks may be added for the next frame or any later one (:meth:`add_masks`): a mask introduces its
+    new ids from that frame on, and where it marks pixels it overrides the tracked objects there
+    (DAVIS / YouTube-VOS semantics). :meth:`remove` stops tracking an object.
+    """
+
+    def __init__(self, tracker: Tracker, num_frames: int | None = None) -> None:
+        self.tracker = tracker
+        self.num_frames = num_frames
+        self._propagator: VideoPropagator | None = None
+        self._pending: dict[int, np.ndarray] = {}
+        self._next_index = 0
+
+    @property
+    def next_index(self) -> int:
+        """The index the next :meth:`step` gets."""
+        return self._next_index
+
+    @property
+    def object_ids(self) -> tuple[int, ...]:
+        """The ids tracked now (objects of masks for later frames are not among them yet)."""
+        return tuple(self._propagator.object_ids) if self._propagator is not None else ()
+
+    def add_masks(self, frame_index: int, labels: np.ndarray) -> None:
+        """Objects annotated on frame ``frame_index`` (the next frame or a later one): an (H, W) integer
+        label map, 0 = background. Several masks for one frame are merged (later ones win)."""
+        if frame_index < self._next_index:
+            raise VostoolError(
+                f"frame {frame_index} was already segmented; masks can be added for frame {self._next_index} or later"
+            )
+        labels = _label_map(labels)
+        if frame_index in self._pending:
+            merged = self._pending[frame_index].copy()
+            merged[labels != 0] = labels[labels != 0]
+            labels = merged
+        self._pending[frame_index] = labels
+
+    def remove(self, object_id: int) -> None:
+        """Stop tracking ``object_id`` from the next frame on (its memory and state are dropped)."""
+        for labels in self._pending.values():
+            labels[labels == object_id] = 0
+        if self._propagator is not None and object_id in self._propagator.object_ids:
+            self._propagator.remove_object(object_id)
+
+    def step(self, frame: Frame) -> FrameResult:
+        """Segment the next frame: an RGB uint8 (H, W, 3) numpy array or torch tensor (on any device)."""
+        return FrameResult.from_step(self._step(frame))
+
+    def track(
+        self, frames: Iterable[Frame], masks: Mapping[int, np.ndarray] | None = None
+    ) -> Iterator[FrameResult]:
+        """Segment ``frames`` one by one, yielding each result as soon as it is ready. ``masks``: label
+        maps by frame index (added with :meth:`add_masks` before the run)."""
+        for frame_index, labels in sorted((masks or {}).items()):
+            self.add_masks(frame_index, labels)
+        if self.num_frames is None and hasattr(frames, "__len__"):
+            self.num_frames = self._next_index + len(frames)
+        for frame in frames:
+            yield self.step(frame)
+
+    def _step(self, frame: Frame) -> StepResult:
+        if self._propagator is None:
+            self._propagator = self._start(tuple(frame.shape[:2]))
+        index = self._next_index
+        given = self._pending.pop(index, None)
+        if given is not None and given.shape != self._propagator.geometry.original:
+            raise VostoolError(
+                f"the mask for frame {index} is {given.shape[0]}x{given.shape[1]} but the frames are "
+                f"{self._propagator.geometry.original[0]}x{self._propagator.geometry.original[1]} (height x width)"
+            )
+        result = self._propagator.step(frame, given)
+        self._next_index += 1
+        return result
+
+    def _start(self, frame_size: tuple[int, int]) -> VideoPropagator:
+        tracker = self.tracker
+        return VideoPropagator(tracker.network, frame_size, self.num_frames, tracker.device, tracker.options)
+
+
+def load(
+    model: str | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    weights: str | Path | None = None,
+    offline: bool = False,
+    size: int | None = None,
+    mem_every: int | None = None,
+    top_k: int | None = None,
+    max_memory_frames: int | None = None,
+) -> Tracker:
+    """Build ``model`` (default: the offline default model) on ``device`` once, for any number of videos.
+
+    Settings are validated before anything is loaded (:class:`~vostool.settings.SettingsError` names
+    the parameter); a checkpoint is downloaded on first use unless ``offline`` (see ``vostool weights``).
+    """
+    from .api import load_network, resolve_device
+    from .models.registry import DEFAULT_MODEL
+
+    model = model or DEFAULT_MODEL
+    settings = RunSettings(
+        size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
+        precision=precision, device=device,
+    )
+    torch_device = resolve_device(settings.device)
+    network = load_network(model, weights, torch_device, offline=offline)
+    return Tracker(network, model, torch_device, settings)
+
+
+def _set_top_k(network: VOSNetwork, model: str, top_k: int) -> None:
+    if not hasattr(network, "top_k"):
+        raise SettingsError("top_k", top_k, f"model {model} has no top-k memory readout")
+    network.top_k = top_k
+
+
+def _label_map(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
+        raise VostoolError(f"a mask must be an (H, W) array of non-negative integer ids, got {labels.dtype} {labels.shape}")
+    return labels.copy()
