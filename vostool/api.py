@@ -22,7 +22,7 @@ from .errors import InputError, VostoolError
 from .io.frames import FrameSource, open_frames
 from .io.masks import LabelMap, read_mask, read_masks_dir
 from .io.writers import OverlayWriter, PaletteWriter, RleWriter
-from .models.registry import DEFAULT_MODEL, build_model, get_model_info
+from .models.registry import DEFAULT_MODEL, get_spec
 from .pipeline import segment_stream
 
 ProgressCallback = Callable[[int, int], None]
@@ -75,14 +75,12 @@ def resolve_device(device: str) -> torch.device:
 def load_network(
     model: str, weights: str | Path | None, device: torch.device, *, offline: bool = False
 ) -> VOSNetwork:
-    """Build a registered model on ``device``, fetching its default checkpoint when needed."""
-    info = get_model_info(model)
-    path = Path(weights) if weights is not None else None
-    if info.needs_checkpoint:
-        from .weights import resolve_weights
+    """Build a registered model on ``device`` with ``weights``, or its default checkpoint: fetched when
+    needed, and checked against its registered or recorded hash even when it ships with the install."""
+    from .weights import resolve_weights
 
-        path = resolve_weights(model, path, offline=offline)
-    return build_model(model, path, device)
+    spec = get_spec(model)
+    return spec.build(resolve_weights(model, weights, offline=offline), device)
 
 
 def read_given_masks(

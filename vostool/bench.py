@@ -45,7 +45,7 @@ from .engine.timing import StageTimer
 from .errors import InputError, VostoolError
 from .io.frames import FrameSource, open_frames
 from .io.writers import OverlayWriter, PaletteWriter
-from .models.registry import DEFAULT_MODEL, get_model_info, layout_of
+from .models.registry import DEFAULT_MODEL, get_spec, layout_of
 from .pipeline import segment_stream
 
 SCHEMA = "vostool-bench-v1"
@@ -95,7 +95,7 @@ class BenchSettings:
         if not self.models:
             raise VostoolError("bench: give at least one --model")
         for model in self.models:
-            get_model_info(model)  # unknown names fail before any work
+            get_spec(model)  # unknown names fail before any work
         if self.precision not in PRECISIONS:
             raise VostoolError(f"--precision {self.precision}: choose one of {', '.join(PRECISIONS)}")
         if self.weights is not None and len(self.models) != 1:
@@ -277,7 +277,7 @@ def _weights_for(model: str, settings: BenchSettings, workdir: Path) -> tuple[Pa
     """(path, kind, note): the user's file, the bundled weights, or synthetic ones saved to ``workdir``."""
     if settings.weights is not None:
         return Path(settings.weights), "file", None
-    if not get_model_info(model).needs_checkpoint:
+    if not get_spec(model).needs_checkpoint:
         return None, "bundled", None
     path = workdir / f"{model}-synthetic.pth"
     torch.save(synthetic_state_dict(layout_of(model), settings.seed), path)
