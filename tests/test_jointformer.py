@@ -20,13 +20,13 @@ from vostool.engine.core import EngineOptions, propagate
 from vostool.engine.memory import MemoryBank
 from vostool.engine.protocol import MemoryEntry, MemorySchedule, MemoryView, VOSNetwork
 from vostool.errors import ModelError
-from vostool.models.jointformer import (
+from vostool.models.jointformer.adapter import (
     MEMORY_INPUT,
-    JointFormer,
-    build_jointformer,
+    JointFormerAdapter,
     checkpoint_layout,
     load_jointformer_state,
 )
+from vostool.models.jointformer.adapter import build as build_jointformer
 
 JOINTFORMER_SPEC = SPEC / "jointformer"
 INTERMEDIATE_SCALE = 1e-4  # max|ours - ref| <= 1e-4 * max|ref|
@@ -65,7 +65,7 @@ def synth_state(synth_file) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def jointformer(synth_file) -> JointFormer:
+def jointformer(synth_file) -> JointFormerAdapter:
     return build_jointformer(synth_file, "cpu")
 
 
@@ -194,7 +194,7 @@ def forward_steps(jointformer, forward_case) -> dict[str, torch.Tensor]:
 
 
 def _memory_input(image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    from vostool.models.stcn import others_masks
+    from vostool.models.layers import others_masks
 
     return torch.cat([image.expand(len(masks), -1, -1, -1), masks, others_masks(masks)], dim=1)
 
@@ -274,13 +274,13 @@ def _clip_options(settings: dict) -> EngineOptions:
 )
 def test_case_clip_through_the_engine(jointformer, monkeypatch, name, memory_frames) -> None:
     read: list[list[int]] = []
-    segment = JointFormer.segment
+    segment = JointFormerAdapter.segment
 
     def recording_segment(self, query, memory):
         read.append([e.frame_index for e in memory.entries])
         return segment(self, query, memory)
 
-    monkeypatch.setattr(JointFormer, "segment", recording_segment)
+    monkeypatch.setattr(JointFormerAdapter, "segment", recording_segment)
     case = _case(name)
     settings = json.loads(str(case["settings_json"]))
     assert settings["topk_num"] == jointformer.top_k
@@ -345,7 +345,7 @@ def test_objects_appearing_later_start_from_the_initial_token(jointformer) -> No
 
 
 def test_engine_defaults() -> None:
-    adapter = JointFormer(_meta_net(), "meta")
+    adapter = JointFormerAdapter(_meta_net(), "meta")
     assert adapter.preprocessing.short_side == 480 and adapter.preprocessing.resize_mode == "bilinear"
     schedule = adapter.schedule
     assert (schedule.mem_every, schedule.include_last, schedule.max_frames) == (5, True, 1)
@@ -353,7 +353,7 @@ def test_engine_defaults() -> None:
 
 
 def _meta_net():
-    from vostool.models.jointformer import JointFormerNet
+    from vostool.models.jointformer.network import JointFormerNet
 
     with torch.device("meta"):
         return JointFormerNet()

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from vostool.engine.core import EngineOptions, VideoPropagator
-from vostool.models.stcn import build_stcn
+from vostool.models.stcn.adapter import build as build_stcn
 
 
 def test_stcn_memory_bank_stays_at_its_cap_over_300_frames():

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import SPEC, require
 from vostool.errors import ModelError
-from vostool.models.registry import DEFAULT_MODEL, MODELS, get_model_info, layout_of
+from vostool.models.registry import DEFAULT_MODEL, MODELS, get_spec, layout_of
 
 
 def test_default_model_is_registered_and_offline():
@@ -17,7 +17,7 @@ def test_default_model_is_registered_and_offline():
 
 def test_unknown_model_lists_the_available_ones():
     with pytest.raises(ModelError, match="unknown model 'nope'.*propagate-lite0"):
-        get_model_info("nope")
+        get_spec("nope")
 
 
 def manifest_layout(model_dir: str, variant: str | None) -> dict[str, tuple[int, ...]]:

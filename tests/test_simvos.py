@@ -18,17 +18,14 @@ from vostool.engine.core import propagate
 from vostool.engine.protocol import MemoryEntry, MemoryView, VOSNetwork
 from vostool.errors import ModelError
 from vostool.models.checkpoint import expected_layout
-from vostool.models.simvos import (
-    VARIANTS,
-    SimVOS,
-    build_network,
+from vostool.models.simvos.adapter import (
+    SimVOSAdapter,
     build_simvos,
-    guidance_weights,
     load_weights,
     network_from_state,
     rebuilt_position_table,
-    unused_keys,
 )
+from vostool.models.simvos.network import VARIANTS, build_network, guidance_weights, unused_keys
 
 SIMVOS_SPEC = SPEC / "simvos"
 FEATURES = dict(atol=5e-5, rtol=1e-4)  # tokens, m16/m8/m4, logits
@@ -65,13 +62,13 @@ def synth_file(synth_b, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def simvos_b(synth_file) -> SimVOS:
+def simvos_b(synth_file) -> SimVOSAdapter:
     # Native resolution: the parity clips are 100x120, the official eval does not resize them.
     return build_simvos("simvos-b", synth_file, "cpu", short_side=None)
 
 
 @pytest.fixture(scope="module")
-def simvos_bs(synth_file) -> SimVOS:
+def simvos_bs(synth_file) -> SimVOSAdapter:
     return build_simvos("simvos-bs", synth_file, "cpu", short_side=None)
 
 
@@ -81,8 +78,8 @@ def synth_l(synthweights, manifest) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def simvos_l(synth_l) -> SimVOS:
-    return SimVOS(network_from_state("simvos-l", synth_l, "synthetic"), "simvos-l", torch.device("cpu"), None)
+def simvos_l(synth_l) -> SimVOSAdapter:
+    return SimVOSAdapter(network_from_state("simvos-l", synth_l, "synthetic"), torch.device("cpu"), None)
 
 
 def _unused_by_b(key: str) -> bool:
@@ -96,7 +93,7 @@ def _meta_network(variant: str):
         return build_network(variant)
 
 
-def _entry(net: SimVOS, t: int, image: torch.Tensor, masks: torch.Tensor) -> MemoryEntry:
+def _entry(net: SimVOSAdapter, t: int, image: torch.Tensor, masks: torch.Tensor) -> MemoryEntry:
     query = net.encode_query(image)
     values = net.encode_value(image, query, masks)
     return MemoryEntry(t, net.memory_key(query), values, tuple(range(len(masks))))
@@ -297,7 +294,7 @@ def test_frame0_soft_masks_equal_binary_masks(request, variant) -> None:
             assert torch.equal(a, b)
 
 
-def _run_clip(adapter: SimVOS, case: dict[str, torch.Tensor]) -> list:
+def _run_clip(adapter: SimVOSAdapter, case: dict[str, torch.Tensor]) -> list:
     frames = [frame.numpy() for frame in case["frames"]]
     first = case["first_mask"].numpy()
     return list(propagate(adapter, frames, {0: first}, num_frames=len(frames), device="cpu"))
@@ -316,13 +313,13 @@ def _check_clip(results: list, case: dict[str, torch.Tensor]) -> None:
 
 def test_case_clip_through_the_engine(simvos_b, monkeypatch) -> None:
     memory_frames: list[list[int]] = []
-    segment = SimVOS.segment
+    segment = SimVOSAdapter.segment
 
     def recording_segment(self, query, memory):
         memory_frames.append([e.frame_index for e in memory.entries])
         return segment(self, query, memory)
 
-    monkeypatch.setattr(SimVOS, "segment", recording_segment)
+    monkeypatch.setattr(SimVOSAdapter, "segment", recording_segment)
     case = _case("case_clip")
     _check_clip(_run_clip(simvos_b, case), case)
     # Memory = the annotated frame, plus the previous frame from frame 2 on (frame 1's is frame 0).
@@ -349,7 +346,7 @@ def test_simvos_l_runs_through_the_engine(simvos_l) -> None:
 
 
 def test_engine_defaults() -> None:
-    adapter = SimVOS(_meta_network("simvos-b"), "simvos-b", torch.device("meta"))
+    adapter = SimVOSAdapter(_meta_network("simvos-b"), torch.device("meta"))
     assert adapter.preprocessing.short_side == 480 and adapter.preprocessing.stride == 16
     assert adapter.schedule.mem_every is None and adapter.schedule.include_last
     assert adapter.schedule.max_frames is None

@@ -22,14 +22,9 @@ from vostool.engine.transforms import Geometry, unpad_and_resize
 from vostool.errors import ModelError
 from vostool.models.checkpoint import load_exact_state
 from vostool.models.registry import layout_of
-from vostool.models.sitvos import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SITVOS,
-    SITVOSNetwork,
-    build_sitvos,
-    checkpoint_layout,
-)
+from vostool.models.sitvos.adapter import SITVOSAdapter, checkpoint_layout
+from vostool.models.sitvos.adapter import build as build_sitvos
+from vostool.models.sitvos.network import IMAGENET_MEAN, IMAGENET_STD, SITVOSNet
 
 SITVOS_SPEC = SPEC / "sitvos"
 FRAME_SIZE = (100, 150)  # the parity clip; padded to 112 x 160
@@ -80,12 +75,12 @@ def _imagenet_buffers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 @pytest.fixture(scope="module")
-def adapters(synth_state) -> dict[str, SITVOSNetwork]:
+def adapters(synth_state) -> dict[str, SITVOSAdapter]:
     networks = {}
     for variant, state in (("strict", synth_state), ("imnet", _imagenet_buffers(synth_state))):
-        net = SITVOS()
+        net = SITVOSNet()
         load_exact_state(net, state, "SITVOS", f"synthetic ({variant})")
-        networks[variant] = SITVOSNetwork(net, "cpu")
+        networks[variant] = SITVOSAdapter(net, "cpu")
     return networks
 
 
@@ -96,13 +91,13 @@ def test_module_layout_equals_the_manifest(manifest) -> None:
     layout = {name: tuple(entry["shape"]) for name, entry in manifest["checkpoint_layout"].items()}
     assert list(checkpoint_layout().items()) == list(layout.items())  # names, order and shapes
     assert layout_of("sitvos") == layout
-    model = SITVOS()
+    model = SITVOSNet()
     assert sum(p.numel() for p in model.parameters()) == manifest["params"]
     assert sum(t.numel() for t in model.state_dict().values()) == manifest["state_dict_numel"]
 
 
 def test_normalisation_buffers_default_to_imagenet() -> None:
-    encoder = SITVOS().Encoder
+    encoder = SITVOSNet().Encoder
     assert torch.equal(encoder.mean.flatten(), torch.tensor(IMAGENET_MEAN))
     assert torch.equal(encoder.std.flatten(), torch.tensor(IMAGENET_STD))
 
@@ -135,7 +130,7 @@ _HOOKED = {
 }
 
 
-def _record_outputs(net: SITVOS) -> tuple[dict[str, torch.Tensor], list]:
+def _record_outputs(net: SITVOSNet) -> tuple[dict[str, torch.Tensor], list]:
     captured: dict[str, torch.Tensor] = {}
     handles = []
     for module_name, array in _HOOKED.items():
@@ -146,7 +141,7 @@ def _record_outputs(net: SITVOS) -> tuple[dict[str, torch.Tensor], list]:
     return captured, handles
 
 
-def _forward_case(adapter: SITVOSNetwork, case: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _forward_case(adapter: SITVOSAdapter, case: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The official case through the adapter: memorise frame 0 with its one-hot, segment frame 1."""
     geometry = Geometry.for_frame(FRAME_SIZE, adapter.preprocessing)
     frame0, frame1 = (F.pad(case[name], geometry.pad) for name in ("in_frame0", "in_frame1"))

@@ -18,7 +18,10 @@ from vostool.engine.protocol import MemoryEntry, MemoryView, VOSNetwork
 from vostool.engine.readout import l2_affinity, topk_softmax
 from vostool.errors import ModelError
 from vostool.models.checkpoint import check_layout, expected_layout, load_checkpoint
-from vostool.models.stcn import STCN, STCNNetwork, STCNQuery, build_stcn, load_stcn_state, others_masks
+from vostool.models.layers import others_masks
+from vostool.models.stcn.adapter import STCNAdapter, STCNQuery, load_stcn_state
+from vostool.models.stcn.adapter import build as build_stcn
+from vostool.models.stcn.network import STCNNet
 
 STCN_SPEC = SPEC / "stcn"
 
@@ -43,15 +46,15 @@ def synth_state(synthweights, manifest) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def net(synth_state) -> STCN:
-    model = STCN()
+def net(synth_state) -> STCNNet:
+    model = STCNNet()
     load_stcn_state(model, synth_state, "synthetic")
     return model.eval()
 
 
 @pytest.fixture(scope="module")
-def adapter(net) -> STCNNetwork:
-    return STCNNetwork(net, "cpu")
+def adapter(net) -> STCNAdapter:
+    return STCNAdapter(net, "cpu")
 
 
 # ------------------------------------------------------------------------------------ layout
@@ -59,7 +62,7 @@ def adapter(net) -> STCNNetwork:
 
 def test_module_layout_equals_the_checkpoint_layout(manifest) -> None:
     layout = {name: tuple(entry["shape"]) for name, entry in manifest["checkpoint_layout"].items()}
-    model = STCN()
+    model = STCNNet()
     assert expected_layout(model) == layout
     assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"]
     for module, count in manifest["num_parameters_per_module"].items():
@@ -166,7 +169,7 @@ def test_adapter_defaults_follow_the_official_generic_script(adapter) -> None:
 # ------------------------------------------------------------------------------------ whole clips
 
 
-def _run_clip(adapter: STCNNetwork, frames: np.ndarray, first_mask: np.ndarray, short_side: int):
+def _run_clip(adapter: STCNAdapter, frames: np.ndarray, first_mask: np.ndarray, short_side: int):
     core = pytest.importorskip("vostool.engine.core")
     options = core.EngineOptions(short_side=short_side)
     return list(core.propagate(adapter, frames, {0: first_mask}, num_frames=len(frames), options=options))
@@ -213,7 +216,7 @@ def test_mismatching_state_dict_names_the_problem(synth_state, tmp_path) -> None
     state["fc.weight"] = torch.zeros(10, 2048)
     state["decoder.pred.weight"] = torch.zeros(2, 256, 3, 3)
     with pytest.raises(ModelError) as error:
-        load_stcn_state(STCN(), state, tmp_path / "weights.pth")
+        load_stcn_state(STCNNet(), state, tmp_path / "weights.pth")
     message = str(error.value)
     assert "weights.pth" in message and "not an STCN checkpoint" in message
     assert "2 missing keys (key_proj.key_proj.weight, key_proj.key_proj.bias)" in message

@@ -42,7 +42,7 @@ from vostool.weights import (
     weights_dir,
 )
 from vostool.models.registry import MODELS
-from vostool.weights import registry
+from vostool.models.spec import ModelSpec
 from vostool.weights.downloads import drive_confirmation, part_file
 
 FAST = {"progress": False, "backoff_s": 0.001}
@@ -238,7 +238,6 @@ def toy_checkpoint(*urls: str, **changes) -> Checkpoint:
         model="toy",
         filename="toy.pth",
         source="test server",
-        layout="toy",
         licence="test",
         description="synthetic checkpoint served on 127.0.0.1",
         urls=urls,
@@ -249,10 +248,12 @@ def toy_checkpoint(*urls: str, **changes) -> Checkpoint:
 
 @pytest.fixture
 def registered(monkeypatch: pytest.MonkeyPatch):
-    """Add checkpoints to the registry for the duration of a test."""
+    """Add checkpoints to the registry, as the "toy" model's, for the duration of a test."""
 
     def add(*ckpts: Checkpoint) -> None:
-        monkeypatch.setattr(registry, "_CHECKPOINTS", registry._CHECKPOINTS + ckpts)
+        # No network: these tests pass their own layout provider (toy_layout) wherever one is needed.
+        toy = ModelSpec("toy", "the synthetic model of these tests", "none", builder="", layout_fn="", checkpoints=ckpts)
+        monkeypatch.setitem(MODELS, "toy", toy)
 
     return add
 
@@ -437,9 +438,8 @@ def test_force_downloads_again(server: Server):
     assert len(server.log.hits("/toy.pth")) == 2
 
 
-def test_unavailable_model_is_not_downloaded(monkeypatch):
-    # A registered method whose network is not (or no longer) in the model registry.
-    monkeypatch.delitem(MODELS, "jointformer")
+def test_unavailable_model_is_not_downloaded():
+    # A registered checkpoint whose layout the provider cannot give (toy_layout knows only "toy").
     jointformer = default_checkpoint("jointformer")
     assert jointformer is not None
     with pytest.raises(ModelError, match="no jointformer network yet"):

@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 
 from vostool.cli import app
 from vostool.models.checkpoint import expected_layout
-from vostool.models.registry import MODELS
-from vostool.models.stcn import STCN
+from vostool.models.stcn.network import STCNNet
 
 runner = CliRunner()
 
@@ -30,24 +29,6 @@ def test_list_shows_every_model_and_the_bundled_default(tmp_path, monkeypatch):
     assert all(r["available"] for r in rows if r["model"] == "jointformer")
 
 
-def test_list_marks_a_model_without_a_network_unavailable(tmp_path, monkeypatch):
-    monkeypatch.setenv("VOSTOOL_HOME", str(tmp_path))
-    monkeypatch.delitem(MODELS, "jointformer")
-    rows = json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout)
-    # listed because its checkpoints are registered, but vostool cannot build the network
-    assert not any(r["available"] for r in rows if r["model"] == "jointformer")
-
-
-def test_verify_refuses_a_model_without_a_network(tmp_path, monkeypatch):
-    monkeypatch.setenv("VOSTOOL_HOME", str(tmp_path))
-    monkeypatch.delitem(MODELS, "jointformer")
-    path = tmp_path / "jointformer.pth"
-    torch.save({"w": torch.zeros(1)}, path)
-    result = runner.invoke(app, ["weights", "verify", str(path), "--model", "jointformer"])
-    assert result.exit_code == 2
-    assert "no jointformer network yet" in result.output and "Traceback" not in result.output
-
-
 def test_path_is_inside_vostool_home(tmp_path, monkeypatch):
     monkeypatch.setenv("VOSTOOL_HOME", str(tmp_path))
     result = runner.invoke(app, ["weights", "path", "stcn"])
@@ -57,7 +38,7 @@ def test_path_is_inside_vostool_home(tmp_path, monkeypatch):
 def test_verify_accepts_a_matching_file_and_rejects_another_model(tmp_path, monkeypatch):
     monkeypatch.setenv("VOSTOOL_HOME", str(tmp_path))
     with torch.device("meta"):
-        layout = expected_layout(STCN())
+        layout = expected_layout(STCNNet())
     good = tmp_path / "stcn.pth"
     torch.save({k: torch.zeros(shape) for k, shape in layout.items()}, good)
     result = runner.invoke(app, ["weights", "verify", str(good), "--model", "stcn"])

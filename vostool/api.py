@@ -24,7 +24,7 @@ from .io.frames import FrameSource, open_frames
 from .io.guard import refuse_overwriting_inputs
 from .io.masks import LabelMap, read_mask, read_masks_dir
 from .io.writers import OverlayWriter, PaletteWriter, RleWriter
-from .models.registry import DEFAULT_MODEL, build_model, get_model_info
+from .models.registry import DEFAULT_MODEL, get_spec
 from .pipeline import segment_stream
 from .settings import RunSettings, SettingsError, validate_device_name
 from .tracker import Tracker
@@ -85,14 +85,12 @@ def resolve_device(device: str) -> torch.device:
 def load_network(
     model: str, weights: str | Path | None, device: torch.device, *, offline: bool = False
 ) -> VOSNetwork:
-    """Build a registered model on ``device``, fetching its default checkpoint when needed."""
-    info = get_model_info(model)
-    path = Path(weights) if weights is not None else None
-    if info.needs_checkpoint:
-        from .weights import resolve_weights
+    """Build a registered model on ``device`` with ``weights``, or its default checkpoint: fetched when
+    needed, and checked against its registered or recorded hash even when it ships with the install."""
+    from .weights import resolve_weights
 
-        path = resolve_weights(model, path, offline=offline)
-    return build_model(model, path, device)
+    spec = get_spec(model)
+    return spec.build(resolve_weights(model, weights, offline=offline), device)
 
 
 def read_given_masks(

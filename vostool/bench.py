@@ -42,10 +42,11 @@ from .api import load_network, resolve_device
 from .engine.core import EngineOptions, VideoPropagator
 from .engine.protocol import VOSNetwork
 from .engine.timing import StageTimer
+from .tracker import PreparedFrame, Session, Tracker
 from .errors import InputError, VostoolError
 from .io.frames import FrameSource, open_frames
 from .io.writers import OverlayWriter, PaletteWriter
-from .models.registry import DEFAULT_MODEL, get_model_info, layout_of
+from .models.registry import DEFAULT_MODEL, get_spec, layout_of
 from .pipeline import segment_stream
 from .settings import RunSettings
 
@@ -92,18 +93,20 @@ class BenchSettings:
             }
         )
 
+    def run_settings(self) -> RunSettings:
+        """The options bench shares with ``segment``, validated the same way."""
+        return RunSettings(
+            size=self.size, max_memory_frames=self.max_memory_frames, precision=self.precision, device=self.device
+        )
+
     def check(self) -> None:
         if not self.models:
             raise VostoolError("bench: give at least one --model")
         for model in self.models:
-            get_model_info(model)  # unknown names fail before any work
-        # The options bench shares with segment get segment's validation (its size may go lower: the
-        # memory-growth runs measure tiny frames on purpose).
-        RunSettings(precision=self.precision, device=self.device, max_memory_frames=self.max_memory_frames)
+            get_spec(model)  # unknown names fail before any work
+        self.run_settings()  # the options bench shares with segment get segment's validation
         if self.weights is not None and len(self.models) != 1:
             raise VostoolError("--weights applies to one model: give exactly one --model with it")
-        if 0 < self.size < 16:
-            raise VostoolError("--size must be at least 16 pixels (or -1 for native resolution)")
         if self.objects < 1 or self.objects > 255:
             raise VostoolError("--objects must be between 1 and 255")
         for name in ("frames", "repeats"):
@@ -221,9 +224,7 @@ def _bench_model(
     start = time.perf_counter()
     network = load_network(model, weights, device)
     load_seconds = time.perf_counter() - start
-    options = EngineOptions(
-        short_side=settings.size, max_memory_frames=settings.max_memory_frames, precision=settings.precision
-    )
+    tracker = Tracker(network, model, device, settings.run_settings())
     # Growth runs come first: freed memory that the process keeps for reuse would hide the small
     # runs' growth behind the peak of the full-size runs.
     growth = []
@@ -235,7 +236,7 @@ def _bench_model(
 
     frames = min(settings.frames, len(source))
     given = {0: first_mask}
-    runner = _Runner(network, device, options, source, frames, given, workdir)
+    runner = _Runner(tracker, source, frames, given, workdir)
 
     log(f"{model}: warm-up, then model-only runs ({frames} frames preloaded)")
     if settings.warmup > 0:
@@ -279,7 +280,7 @@ def _weights_for(model: str, settings: BenchSettings, workdir: Path) -> tuple[Pa
     """(path, kind, note): the user's file, the bundled weights, or synthetic ones saved to ``workdir``."""
     if settings.weights is not None:
         return Path(settings.weights), "file", None
-    if not get_model_info(model).needs_checkpoint:
+    if not get_spec(model).needs_checkpoint:
         return None, "bundled", None
     path = workdir / f"{model}-synthetic.pth"
     torch.save(synthetic_state_dict(layout_of(model), settings.seed), path)
@@ -295,47 +296,43 @@ class _Run:
 
 
 class _Runner:
-    """Runs one network over the benchmark video in the two ways being compared."""
+    """Runs one tracker over the benchmark video in the two ways being compared."""
 
     def __init__(
-        self,
-        network: VOSNetwork,
-        device: torch.device,
-        options: EngineOptions,
-        source: FrameSource,
-        frames: int,
-        given: dict[int, np.ndarray],
-        workdir: Path,
+        self, tracker: Tracker, source: FrameSource, frames: int, given: dict[int, np.ndarray], workdir: Path
     ) -> None:
-        self.network, self.device, self.options = network, device, options
+        self.tracker, self.device = tracker, tracker.device
         self.source, self.frames, self.given = source, frames, given
         self.workdir = workdir
         self.runs = 0
-        self.input_size = self._propagator(frames).geometry.padded
-        self._images: list[torch.Tensor] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self._prepared: list[PreparedFrame] | None = None
 
-    def _propagator(self, frames: int) -> VideoPropagator:
-        return VideoPropagator(self.network, self.source.size, frames, self.device, self.options)
+    def _session(self, frames: int) -> Session:
+        session = self.tracker.session(num_frames=frames)
+        for t, labels in self.given.items():
+            session.add_masks(t, labels)
+        return session
 
-    def _preloaded(self) -> list[torch.Tensor]:
-        if self._images is None:
-            preprocess = self._propagator(self.frames).preprocess
-            frames = _first_frames(self.source, self.frames)
-            self._images = [preprocess(frame) for frame in frames]
+    def _preloaded(self) -> list[PreparedFrame]:
+        if self._prepared is None:
+            session = self.tracker.session()
+            self._prepared = [session.prepare(frame) for frame in _first_frames(self.source, self.frames)]
+            self.input_size = tuple(self._prepared[0].image.shape[-2:])
             _synchronize(self.device)
-        return self._images
+        return self._prepared
 
     def release_preloaded(self) -> None:
-        self._images = None
+        self._prepared = None
 
     def model_only(self, frames: int) -> _Run:
         """Frames already on the device; the clock covers network, memory, aggregation, post-processing."""
-        images = self._preloaded()[:frames]
-        propagator = self._propagator(len(images))
+        prepared = self._preloaded()[:frames]
+        session = self._session(len(prepared))
         probe = MemoryProbe(self.device)
         start = time.perf_counter()
-        for t, image in enumerate(images):
-            propagator.step_preprocessed(image, self.given.get(t))
+        for frame in prepared:
+            session.step(frame)
         _synchronize(self.device)
         return _Run(time.perf_counter() - start, probe.read())
 
@@ -348,7 +345,7 @@ class _Runner:
         start = time.perf_counter()
         source = open_frames(self.source.path)
         opened = time.perf_counter()
-        propagator = self._propagator(self.frames)
+        session = self._session(self.frames)
         masks = PaletteWriter(out / "masks")
         with OverlayWriter(out / "overlay.mp4", source.fps) as overlay:
 
@@ -358,9 +355,9 @@ class _Runner:
 
             if timed_stages:
                 with timer.active():
-                    segment_stream(propagator, source, source.names, self.given, write, limit=self.frames)
+                    segment_stream(session, source, source.names, {}, write, limit=self.frames)
             else:
-                segment_stream(propagator, source, source.names, self.given, write, limit=self.frames)
+                segment_stream(session, source, source.names, {}, write, limit=self.frames)
         seconds = time.perf_counter() - opened  # includes the overlay encoder's final flush
         memory = probe.read()
         shutil.rmtree(out, ignore_errors=True)

@@ -16,10 +16,10 @@ from .errors import VostoolError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 NATIVE_SIZE = -1
-# The smallest internal short side any model can segment at: every network downsamples by 16 (or
-# more) before matching, so below 64 pixels an object is a handful of feature cells and masks come
-# out empty (`--size 1` did). Checked against the requested size, not against native resolution.
-MIN_SIZE = 64
+# The smallest internal short side any model can segment at: every network matches on a grid 16 times
+# coarser than its input, so below 32 pixels a frame is a single row of cells and masks come out empty
+# (`--size 1` did, even on the annotated frame). Checked against the requested size, not native ones.
+MIN_SIZE = 32
 # The largest internal short side: 4K's. Larger requests are typos or unit mix-ups (`--size 100000`
 # tried to allocate 213 GB) rather than a resolution any of these models was meant for.
 MAX_SIZE = 2160

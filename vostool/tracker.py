@@ -29,6 +29,14 @@ from .settings import RunSettings, SettingsError
 Frame = np.ndarray | torch.Tensor
 
 
+@dataclass(frozen=True)
+class PreparedFrame:
+    """A frame already turned into network input on the device (:meth:`Session.prepare`)."""
+
+    image: torch.Tensor
+    size: tuple[int, int]
+
+
 @dataclass
 class FrameResult:
     """One segmented frame.
@@ -118,9 +126,16 @@ class Session:
         if self._propagator is not None and object_id in self._propagator.object_ids:
             self._propagator.remove_object(object_id)
 
-    def step(self, frame: Frame) -> FrameResult:
-        """Segment the next frame: an RGB uint8 (H, W, 3) numpy array or torch tensor (on any device)."""
+    def step(self, frame: Frame | PreparedFrame) -> FrameResult:
+        """Segment the next frame: an RGB uint8 (H, W, 3) numpy array or torch tensor (on any device), or
+        a frame from :meth:`prepare`."""
         return FrameResult.from_step(self._step(frame))
+
+    def prepare(self, frame: Frame) -> PreparedFrame:
+        """Normalise, resize and pad ``frame`` for the network now (``vostool bench`` preloads frames
+        this way to time the model alone, as papers do). Every frame of a session has one size."""
+        propagator = self._propagator_for(tuple(frame.shape[:2]))
+        return PreparedFrame(propagator.preprocess(frame), propagator.geometry.original)
 
     def track(
         self, frames: Iterable[Frame], masks: Mapping[int, np.ndarray] | None = None
@@ -134,23 +149,37 @@ class Session:
         for frame in frames:
             yield self.step(frame)
 
-    def _step(self, frame: Frame) -> StepResult:
-        if self._propagator is None:
-            self._propagator = self._start(tuple(frame.shape[:2]))
+    def _step(self, frame: Frame | PreparedFrame) -> StepResult:
+        size = frame.size if isinstance(frame, PreparedFrame) else tuple(frame.shape[:2])
+        propagator = self._propagator_for(size)
         index = self._next_index
         given = self._pending.pop(index, None)
-        if given is not None and given.shape != self._propagator.geometry.original:
+        if given is not None and given.shape != size:
             raise VostoolError(
                 f"the mask for frame {index} is {given.shape[0]}x{given.shape[1]} but the frames are "
-                f"{self._propagator.geometry.original[0]}x{self._propagator.geometry.original[1]} (height x width)"
+                f"{size[0]}x{size[1]} (height x width)"
             )
-        result = self._propagator.step(frame, given)
+        if isinstance(frame, PreparedFrame):
+            result = propagator.step_preprocessed(frame.image, given)
+        else:
+            result = propagator.step(frame, given)
         self._next_index += 1
         return result
 
-    def _start(self, frame_size: tuple[int, int]) -> VideoPropagator:
-        tracker = self.tracker
-        return VideoPropagator(tracker.network, frame_size, self.num_frames, tracker.device, tracker.options)
+    def _propagator_for(self, frame_size: tuple[int, int]) -> VideoPropagator:
+        """The engine of this video, started by its first frame; later frames must have the same size."""
+        if self._propagator is None:
+            tracker = self.tracker
+            self._propagator = VideoPropagator(
+                tracker.network, frame_size, self.num_frames, tracker.device, tracker.options
+            )
+        elif frame_size != self._propagator.geometry.original:
+            first = self._propagator.geometry.original
+            raise VostoolError(
+                f"frame {self._next_index} is {frame_size[0]}x{frame_size[1]} but the video's frames are "
+                f"{first[0]}x{first[1]} (height x width)"
+            )
+        return self._propagator
 
 
 def load(

@@ -1,4 +1,4 @@
-"""Released checkpoints: the registry, the cache, downloads and verification.
+"""Released checkpoints (listed in the model specs): lookup, the cache, downloads and verification.
 
 ``resolve_weights`` is what commands call; the rest serves ``vostool weights list|download|path|verify``
 and library users who manage weights themselves.

