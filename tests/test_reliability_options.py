@@ -117,12 +117,11 @@ def test_native_size_has_one_engine_encoding():
     assert RunSettings().short_side is None
 
 
-def test_top_k_for_a_model_without_top_k_names_the_parameter(clip, tmp_path):
-    frames, mask = clip
-    with pytest.raises(SettingsError, match=r"^top_k=5: model sitvos-toy has no top-k"):
-        from vostool.api import _set_top_k
+def test_top_k_for_a_model_without_top_k_names_the_parameter():
+    from vostool.tracker import Tracker
 
-        _set_top_k(object(), "sitvos-toy", 5)
+    with pytest.raises(SettingsError, match=r"^top_k=5: model sitvos-toy has no top-k"):
+        Tracker(object(), "sitvos-toy", "cpu", RunSettings(top_k=5))
 
 
 # --- 9: the default size does not upscale elongated frames without bound -----------------------------
