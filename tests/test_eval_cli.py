@@ -78,8 +78,12 @@ def test_eval_with_model_segments_then_scores(tmp_path):
 def test_segment_davis_uses_a_given_network(tmp_path, monkeypatch):
     """Scoring a variant of a model (scripts/sweep_propagate.py) must not rebuild the shipped one."""
     import vostool.api
+    import torch
+
     from vostool.eval.predict import segment_davis
     from vostool.models.propagate_lite0.adapter import build as build_propagate_lite0
+    from vostool.settings import RunSettings
+    from vostool.tracker import Tracker
 
     def refuse(*args, **kwargs):
         raise AssertionError("load_network called although a network was given")
@@ -87,6 +91,6 @@ def test_segment_davis_uses_a_given_network(tmp_path, monkeypatch):
     monkeypatch.setattr(vostool.api, "load_network", refuse)
     network = build_propagate_lite0()
     network.settings.temperature = 0.2
-    names = segment_davis(_tiny_davis(tmp_path / "davis"), tmp_path / "results", network=network, device="cpu",
-                          size=128)
+    tracker = Tracker(network, "propagate-lite0", torch.device("cpu"), RunSettings(size=128, device="cpu"))
+    names = segment_davis(_tiny_davis(tmp_path / "davis"), tmp_path / "results", tracker=tracker)
     assert names == ["a", "b"] and len(list((tmp_path / "results" / "a").glob("*.png"))) == 4

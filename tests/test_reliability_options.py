@@ -222,8 +222,8 @@ def _overlap_cases(root: Path) -> list[tuple[str, list[str], Path]]:
         ("overlay is the input video", [str(video), "--mask", str(mask), "--overlay", str(video)], video),
         ("overlay is a hard link to the input", [str(hard), "--mask", str(mask), "--overlay", str(video)], video),
         ("rle is the mask json", [str(frames), "--mask", str(rle_mask), "--rle", str(rle_mask)], rle_mask),
-        ("rle inside the masks folder", [str(frames), "--mask", str(mask), "--out", str(root / "o"),
-                                         "--rle", str(root / "o" / "r.json")], None),
+        ("rle and overlay are one file", [str(frames), "--mask", str(mask), "--overlay", str(root / "x.mp4"),
+                                          "--rle", str(root / "x.mp4")], None),
     ]
 
 

@@ -7,7 +7,6 @@ arguments, calls this and prints.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from collections.abc import Callable
@@ -23,7 +22,8 @@ from .errors import InputError, OutputError, VostoolError, VostoolWarning
 from .io.frames import FrameSource, open_frames
 from .io.guard import refuse_overwriting_inputs
 from .io.masks import LabelMap, read_mask, read_masks_dir
-from .io.writers import OverlayWriter, PaletteWriter, RleWriter
+from .io.staging import MASK_FOLDER, StagedFolder, commit_together, finish_despite_interrupts, path_inside
+from .io.writers import AtomicFile, OverlayWriter, PaletteWriter, RleWriter
 from .models.registry import DEFAULT_MODEL, get_spec
 from .pipeline import segment_stream
 from .settings import RunSettings, SettingsError, validate_device_name
@@ -132,12 +132,14 @@ def segment(
     """Segment the objects of ``mask`` (and/or ``masks_dir``) through the video or frame folder ``input``.
 
     ``size``: internal short side (None = the model's default, -1 = native resolution). Outputs: palette
-    PNGs in ``out_dir`` (named like the input frames), an overlay MP4, and/or a COCO RLE JSON; each file is
-    written atomically. ``tracker``: a :class:`vostool.Tracker` from :func:`vostool.load`, to reuse one
-    loaded network across videos (then it supplies the model, device and settings, and ``model``,
-    ``weights``, ``device``, ``size``, ``precision``, ``mem_every``, ``top_k``, ``max_memory_frames`` and
-    ``offline`` are not used). ``allow_truncated``: segment the frames a damaged video still decodes
-    instead of refusing it (see :func:`vostool.io.frames.open_frames`).
+    PNGs in ``out_dir`` (named like the input frames; an existing folder is replaced as a whole), an
+    overlay MP4, and/or a COCO RLE JSON. They replace the old outputs together, once all are complete
+    (the video checked): a failed or interrupted run leaves the old ones as they were and no new ones.
+    ``tracker``: a :class:`vostool.Tracker` from :func:`vostool.load`, to reuse one loaded network
+    across videos (then it supplies the model, device and settings, and ``model``, ``weights``,
+    ``device``, ``size``, ``precision``, ``mem_every``, ``top_k``, ``max_memory_frames`` and ``offline``
+    are not used). ``allow_truncated``: segment the frames a damaged video still decodes instead of
+    refusing it (see :func:`vostool.io.frames.open_frames`).
 
     Raises :class:`vostool.VostoolError` for bad input, before any model work where it can be known
     then: :class:`~vostool.settings.SettingsError` (a subclass; its ``parameter`` names the argument) for
@@ -161,6 +163,7 @@ def segment(
     given, palette = read_given_masks(source, mask, masks_dir)
     if out_dir is not None:
         _check_ids_fit_png(given, mask, masks_dir)
+    outputs = _Outputs(out_dir, overlay, rle, palette, source.fps)  # checks the masks folder, writes nothing yet
     if tracker is None:
         torch_device = resolve_device(settings.device)
         tracker = Tracker(load_network(model, weights, torch_device, offline=offline), model, torch_device, settings)
@@ -168,7 +171,7 @@ def segment(
     _warn_if_downscaled(source, tracker)
 
     start = time.perf_counter()
-    with _Outputs(out_dir, overlay, rle, palette, source.fps) as outputs:
+    with outputs:
         # Decoding and writing run in background threads next to the model (see vostool.pipeline).
         segment_stream(session, source, source.names, given, outputs.write, progress=progress)
     return SegmentSummary(
@@ -213,21 +216,48 @@ def _warn_if_downscaled(source: FrameSource, tracker: Tracker) -> None:
 
 
 class _Outputs:
-    """All requested writers behind one ``write``; a failed run discards the unfinished video files."""
+    """All requested outputs of one run, moved into place together once every one is complete.
+
+    The masks are written into a staging folder beside ``out_dir`` (the old folder is replaced as a
+    whole), the video and the RLE file into temporary files beside theirs (or inside the staging
+    folder when they lie in ``out_dir``). Only when the video has been checked and the RLE file
+    written do all of them move in, together (:func:`commit_together`); a failure or an interrupt
+    before that leaves every old output exactly as it was and removes every temporary file.
+    """
 
     def __init__(self, out_dir, overlay, rle, palette: bytes | None, fps: float | None) -> None:
+        # Only checks here (StagedFolder raises OutputError for a folder it must not replace); files are
+        # created on entering, so an error in between (loading the model) leaves nothing behind.
         self.targets = {"masks": out_dir, "overlay": overlay, "rle": rle}
-        self.palette_writer = PaletteWriter(out_dir, palette) if out_dir is not None else None
-        self.overlay_writer = OverlayWriter(overlay, fps, palette=palette) if overlay is not None else None
-        self.rle_writer = RleWriter(rle) if rle is not None else None
+        self.palette, self.fps = palette, fps
+        self.nested = {
+            kind: inside
+            for kind in ("overlay", "rle")
+            if out_dir is not None and self.targets[kind] is not None
+            and (inside := path_inside(self.targets[kind], out_dir)) is not None
+        }
+        self.masks = StagedFolder(out_dir, MASK_FOLDER, extra=self.nested.values()) if out_dir is not None else None
+        self.palette_writer: PaletteWriter | None = None
+        self.overlay_writer: OverlayWriter | None = None
+        self.rle_writer: RleWriter | None = None
         self.written: dict[str, str] = {}
-        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> _Outputs:
-        for writer in (self.overlay_writer, self.rle_writer):
-            if writer is not None:
-                self._stack.enter_context(writer)
+        try:
+            if self.masks is not None:
+                self.palette_writer = PaletteWriter(self.masks.create(), self.palette)
+            if self.targets["overlay"] is not None:
+                self.overlay_writer = OverlayWriter(self._path("overlay"), self.fps, palette=self.palette)
+            if self.targets["rle"] is not None:
+                self.rle_writer = RleWriter(self._path("rle"))
+        except BaseException:
+            self._discard()
+            raise
         return self
+
+    def _path(self, kind: str) -> Path:
+        nested = self.nested.get(kind)
+        return self.masks.temp / nested if nested is not None else Path(self.targets[kind])
 
     def write(self, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
         if self.palette_writer is not None:
@@ -237,7 +267,32 @@ class _Outputs:
         if self.rle_writer is not None:
             self.rle_writer.write(name, labels)
 
-    def __exit__(self, *exc_info) -> None:
-        self._stack.__exit__(*exc_info)
-        if exc_info[0] is None:
-            self.written = {k: str(v) for k, v in self.targets.items() if v is not None}
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        try:
+            commit_together(self._finish_files() + ([self.masks] if self.masks is not None else []))
+        except BaseException:
+            self._discard()
+            raise
+        self.written = {k: str(v) for k, v in self.targets.items() if v is not None}
+
+    def _finish_files(self) -> list[AtomicFile]:
+        """Finish and check the video and the RLE file; those in the masks folder move into its staging."""
+        pending = []
+        for kind, writer in (("overlay", self.overlay_writer), ("rle", self.rle_writer)):
+            if writer is None:
+                continue
+            file = writer.finish()
+            if kind in self.nested:
+                file.commit()
+            else:
+                pending.append(file)
+        return pending
+
+    def _discard(self) -> None:
+        steps = [writer.abort for writer in (self.overlay_writer, self.rle_writer) if writer is not None]
+        if self.masks is not None:
+            steps.append(self.masks.discard)
+        finish_despite_interrupts(steps)

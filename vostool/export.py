@@ -20,7 +20,9 @@ ignored. Formats:
 :func:`import_rle` goes back: a ``vostool-rle-v1`` JSON -> palette PNGs (``<seq>/`` sub-folders for
 ``<seq>/<frame>`` names).
 
-Zips and every other file are written atomically. Entry names are built from checked parts only:
+Zips and every other file are written atomically; a folder target (PNGs of an import, the videos of
+several sequences) is written beside it and replaces the old folder as a whole only when complete (an
+existing one may only hold what vostool writes there). Entry names are built from checked parts only:
 no part may be empty, ``.``, ``..``, or contain a path separator, so no entry can land outside the
 archive root (or outside ``out`` when importing), whatever the input names.
 """
@@ -41,6 +43,7 @@ from .errors import InputError, OutputError
 from .io.frames import VIDEO_SUFFIXES, FrameSource, natural_key, open_frames
 from .io.masks import read_mask, read_rle_video
 from .io.palette import normalize_palette
+from .io.staging import RESULTS_FOLDER, VIDEO_FOLDER, StagedFolder, remove_created_folders
 from .io.writers import OverlayWriter, PaletteWriter, RleWriter, atomic_path, ensure_file_target
 
 FORMATS = ("davis", "mose", "youtube-vos", "coco-rle", "overlay-mp4")
@@ -189,15 +192,15 @@ def _export_zip(
 ) -> ExportSummary:
     if out.suffix.lower() != ".zip":
         raise OutputError("a submission archive must end in .zip", out)
-    ensure_file_target(out)
     root = (YOUTUBE_ROOT,) if format == "youtube-vos" else ()
     selected, skipped = sequences, []
     if frames_list is not None:
         selected, skipped = _select_listed(sequences, read_frames_list(frames_list), Path(frames_list))
     total = sum(len(seq.masks) for seq in selected)
     written = 0
-    with atomic_path(out) as temp:
-        try:
+    created = ensure_file_target(out)
+    try:
+        with atomic_path(out) as temp:
             # PNGs are compressed already; deflating them again costs time and saves nothing.
             with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive:
                 for seq in selected:
@@ -206,8 +209,11 @@ def _export_zip(
                         written += 1
                         if progress is not None:
                             progress(written, total)
-        except OSError as err:
+    except BaseException as err:
+        remove_created_folders(created)  # a failed export leaves no new folder either
+        if isinstance(err, OSError):
             raise OutputError(f"cannot write archive ({err.strerror or err})", out) from err
+        raise
     return ExportSummary(format, str(out), len(selected), written, skipped)
 
 
@@ -293,24 +299,36 @@ def _export_rle(sequences: list[ResultSequence], out: Path, progress: Progress |
 
 def _export_overlays(sequences: list[ResultSequence], frames: Path, out: Path, progress: Progress | None) -> ExportSummary:
     if len(sequences) == 1:
-        jobs = [(sequences[0], open_frames(frames), out)]
-    else:
-        if out.suffix:
-            raise OutputError("several sequences make several videos: give a folder as --out", out)
-        jobs = [(seq, open_frames(_sequence_frames(frames, seq.name)), out / f"{seq.name}.mp4") for seq in sequences]
+        source = open_frames(frames)
+        done = _write_overlay(_masks_by_frame(sequences[0], source), source, out, 0, len(source), progress)
+        return ExportSummary("overlay-mp4", str(out), 1, done)
+    if out.suffix:
+        raise OutputError("several sequences make several videos: give a folder as --out", out)
+    jobs = []  # every sequence's frames and masks are checked before anything is written
+    for seq in sequences:
+        source = open_frames(_sequence_frames(frames, seq.name))
+        jobs.append((seq.name, source, _masks_by_frame(seq, source)))
     total = sum(len(source) for _, source, _ in jobs)
     done = 0
-    for seq, source, target in jobs:
-        masks = _masks_by_frame(seq, source)
-        with OverlayWriter(target, source.fps) as writer:
-            for name, frame in zip(source.names, source):
-                mask = masks.get(name)
-                labels = read_mask(mask, source.size, allow_empty=True).labels if mask else np.zeros(source.size, np.uint8)
-                writer.write(frame, labels)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-    return ExportSummary("overlay-mp4", str(out), len(jobs), done)
+    with StagedFolder(out, VIDEO_FOLDER) as staged:  # the videos replace the old folder together
+        for name, source, masks in jobs:
+            done = _write_overlay(masks, source, staged.temp / f"{name}.mp4", done, total, progress)
+    return ExportSummary("overlay-mp4", str(out), len(sequences), done)
+
+
+def _write_overlay(
+    masks: dict[str, Path], source: FrameSource, target: Path, done: int, total: int, progress: Progress | None
+) -> int:
+    """Draw ``masks`` (by frame name) over ``source`` into the video ``target``; returns ``done`` + its frames."""
+    with OverlayWriter(target, source.fps) as writer:
+        for name, frame in zip(source.names, source):
+            mask = masks.get(name)
+            labels = read_mask(mask, source.size, allow_empty=True).labels if mask else np.zeros(source.size, np.uint8)
+            writer.write(frame, labels)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return done
 
 
 def _sequence_frames(frames: Path, name: str) -> Path:
@@ -343,10 +361,11 @@ def import_rle(path: str | Path, out: str | Path | None = None) -> ExportSummary
     targets = _checked_targets(path)  # every name is checked before anything is written
     out = Path(out) if out is not None else path.resolve().with_suffix("")
     writers: dict[str, PaletteWriter] = {}
-    for (folder, frame), (_, labels) in zip(targets, frames):
-        if folder not in writers:
-            writers[folder] = PaletteWriter(out / folder if folder else out)
-        writers[folder].write(frame, labels)
+    with StagedFolder(out, RESULTS_FOLDER) as staged:  # the PNGs replace the old folder together
+        for (folder, frame), (_, labels) in zip(targets, frames):
+            if folder not in writers:
+                writers[folder] = PaletteWriter(staged.temp / folder if folder else staged.temp)
+            writers[folder].write(frame, labels)
     return ExportSummary("png", str(out), len(writers), len(targets))
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vostool.errors import InputError
 from vostool.eval.davis import RESOLUTION, read_sequence_names
+from vostool.io.staging import RESULTS_FOLDER, StagedFolder
+
+if TYPE_CHECKING:
+    from vostool.tracker import Tracker
 
 
 def segment_davis(
@@ -17,33 +21,35 @@ def segment_davis(
     subset: str = "val",
     year: str = "2017",
     on_sequence: Callable[[str, int, int], None] | None = None,
-    **segment_options: Any,
+    progress: Callable[[int, int], None] | None = None,
+    tracker: Tracker | None = None,
+    **load_options: Any,
 ) -> list[str]:
     """Segment every sequence of ``ImageSets/<year>/<subset>.txt`` from its first annotation.
 
-    Results go to ``results_dir/<sequence>/<frame>.png`` (the DAVIS results layout), replacing older
-    files of the same name. ``segment_options`` are passed to :func:`vostool.api.segment` (model,
-    weights, device, size, precision, ...), or ``network=`` an already built network (to score variants of
-    one). ``on_sequence(name, index, total)`` is called before each sequence. Returns the sequence names.
+    Results go to ``results_dir/<sequence>/<frame>.png`` (the DAVIS results layout). The folder is
+    written beside ``results_dir`` and replaces it as a whole once every sequence is done: a failure or
+    an interrupt in any sequence leaves the previous ``results_dir`` exactly as it was (an existing
+    folder may only hold sequence folders of PNGs, else OutputError before the model is built).
+    ``tracker`` (a :class:`vostool.Tracker`, e.g. to score variants of one network) or the ``load_options``
+    of :func:`vostool.load` (model, weights, device, size, precision, ...) say what segments the set.
+    ``on_sequence(name, index, total)`` is called before each sequence. Returns the sequence names.
     """
-    from vostool.api import load_network, resolve_device, segment
-    from vostool.models.registry import DEFAULT_MODEL
+    from vostool.api import segment
+    from vostool.tracker import load
 
     davis_root, results_dir = Path(davis_root), Path(results_dir)
     names = read_sequence_names(davis_root, subset, str(year))
-    # Build (and download / hash-check) the model once for the whole set, not once per sequence.
-    device = resolve_device(segment_options.pop("device", "auto"))
-    network = segment_options.pop("network", None) or load_network(
-        segment_options.get("model", DEFAULT_MODEL), segment_options.pop("weights", None), device,
-        offline=segment_options.pop("offline", False),
-    )
-    for index, name in enumerate(names):
-        if on_sequence is not None:
-            on_sequence(name, index, len(names))
-        frames = davis_root / "JPEGImages" / RESOLUTION / name
-        annotations = sorted((davis_root / "Annotations" / RESOLUTION / name).glob("*.png"))
-        if not annotations:
-            raise InputError("no annotation PNG for this sequence", davis_root / "Annotations" / RESOLUTION / name)
-        segment(frames, annotations[0], out_dir=results_dir / name, device=str(device), network=network,
-                **segment_options)
+    staged = StagedFolder(results_dir, RESULTS_FOLDER)  # checks the old folder before the model is built
+    # Validate the settings, then build (and download / hash-check) the model once for the whole set.
+    tracker = tracker or load(**load_options)
+    with staged:
+        for index, name in enumerate(names):
+            if on_sequence is not None:
+                on_sequence(name, index, len(names))
+            frames = davis_root / "JPEGImages" / RESOLUTION / name
+            annotations = sorted((davis_root / "Annotations" / RESOLUTION / name).glob("*.png"))
+            if not annotations:
+                raise InputError("no annotation PNG for this sequence", davis_root / "Annotations" / RESOLUTION / name)
+            segment(frames, annotations[0], out_dir=staged.temp / name, tracker=tracker, progress=progress)
     return names

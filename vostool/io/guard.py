@@ -1,8 +1,8 @@
 """Refusing outputs that would overwrite a run's own inputs, before any work is done.
 
-A masks folder is replaced as a whole when a run commits (see ``vostool.io.writers``), so it must not be,
-or contain, anything the run reads; an output file must not be an input file or another output, and must
-not lie inside the masks folder. Paths are compared after resolving symlinks, and existing files with
+A masks folder is replaced as a whole when a run commits (see ``vostool.io.staging``), so it must not be,
+or contain, anything the run reads; an output file must not be an input file or another output (one inside
+the masks folder is written into its staging folder and committed with it). Paths are compared after resolving symlinks, and existing files with
 ``os.path.samefile``, so links and hard links count as the same file.
 """
 
@@ -38,8 +38,6 @@ def refuse_overwriting_inputs(
         for other_name, other in files.items():
             if other_name < name and _same(path, other):
                 raise OutputError(f"{name} and {other_name} name the same file", path)
-        if folder is not None and _inside(path, folder):
-            raise OutputError(f"{name} lies inside the {folder_name} folder, which each run replaces whole", path)
     if folder is None:
         return
     for input_name, input_path in given_inputs.items():

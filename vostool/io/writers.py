@@ -1,16 +1,23 @@
 """Writers for results: indexed PNG masks, an overlay video, and a COCO RLE JSON of the whole video.
 
 Every file is written under a temporary name in its final folder and renamed into place only when
-complete, so an interrupted or failed run never leaves a truncated file or clobbers an older one.
+complete (and, for the video, checked: ffmpeg exited cleanly and the file decodes to every frame), so
+an interrupted or failed run never leaves a truncated file or clobbers an older one. Temporary names
+say which process wrote them (see :mod:`vostool.io.staging`), so a later run removes those of a
+process that was killed. A whole run's outputs are made atomic together by ``vostool.api``.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
-import uuid
+import re
+import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
 
@@ -22,6 +29,7 @@ from pycocotools import mask as mask_api
 from vostool.errors import OutputError
 from vostool.io.masks import RLE_VIDEO_FORMAT, read_rle_video
 from vostool.io.palette import colors, normalize_palette
+from vostool.io.staging import make_folders, remove_created_folders, remove_stale_temps, temp_name
 
 __all__ = [
     "AtomicFile",
@@ -37,16 +45,36 @@ __all__ = [
 
 OVERLAY_SUFFIXES = frozenset({".mp4", ".mov", ".mkv"})
 DEFAULT_FPS = 25.0
+OVERLAY_CRF = 20  # libx264 quality (what imageio-ffmpeg's quality=6 meant): small files, clean edges
 
 
 class _CommitOnSuccess:
-    """``with`` support for writers with ``close()`` (commit) and ``abort()`` (discard)."""
+    """Writers of one file: :meth:`finish` completes and checks it under its temporary name,
+    :meth:`close` also moves it into place, :meth:`abort` discards it; ``with`` closes or aborts."""
 
-    def close(self) -> None:
+    _file: AtomicFile
+    _committed = False
+    _aborted = False
+
+    def finish(self) -> AtomicFile:
+        """Complete the output under its temporary name and check it; raise OutputError if it is bad."""
         raise NotImplementedError
 
     def abort(self) -> None:
+        """Stop writing and remove the temporary file; an existing file at the target is left alone."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Finish and move the file into place (nothing to do after :meth:`abort`)."""
+        if self._committed or self._aborted:
+            return
+        file = self.finish()
+        try:
+            file.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._committed = True
 
     def __enter__(self):
         return self
@@ -66,8 +94,9 @@ class AtomicFile:
     def __init__(self, final: str | Path) -> None:
         self.final = Path(final)
         # Same folder, so the rename is atomic; same suffix, so tools that infer the format from the
-        # name (ffmpeg) still can; hidden, so a half-written file does not look like a result.
-        self.temp = self.final.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{self.final.name}")
+        # name (ffmpeg) still can; hidden, so a half-written file does not look like a result; with
+        # this process's id, so a later run can tell that it is stale.
+        self.temp = self.final.with_name(temp_name("file", self.final.name))
 
     def commit(self) -> None:
         try:
@@ -84,9 +113,14 @@ class AtomicFile:
 
 
 @contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in ``final``'s folder: renamed to ``final`` on success, removed on failure."""
+def atomic_path(final: str | Path, *, sweep: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in ``final``'s folder: renamed to ``final`` on success, removed on failure.
+
+    With ``sweep``, stale temporary files of killed vostool runs in that folder are removed first.
+    """
     file = AtomicFile(final)
+    if sweep:
+        remove_stale_temps(file.final.parent)
     try:
         yield file.temp
     except BaseException:
@@ -106,25 +140,36 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise OutputError(f"cannot write file ({err.strerror or err})", path) from err
 
 
-def ensure_folder(folder: Path) -> None:
-    """Create ``folder`` (and parents) and check that it is writable, or raise OutputError."""
+def ensure_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` (and parents) and check that it is writable, or raise OutputError.
+
+    Returns the folders it created, outermost first: a failed run removes them again
+    (:func:`vostool.io.staging.remove_created_folders`).
+    """
     if folder.exists() and not folder.is_dir():
         raise OutputError("output folder is a file", folder)
+    created: list[Path] = []
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folders(folder, created)
     except OSError as err:
+        remove_created_folders(created)
         raise OutputError(f"cannot create output folder ({err.strerror or err})", folder) from err
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError("output folder is not writable", folder)
+    return created
 
 
-def ensure_file_target(path: Path) -> None:
-    """Check early, before any work is done, that ``path`` can be written as a file."""
+def ensure_file_target(path: Path) -> list[Path]:
+    """Check early, before any work is done, that ``path`` can be written as a file.
+
+    Returns the parent folders it had to create (see :func:`ensure_folder`).
+    """
     if path.is_dir():
         raise OutputError("output path is a folder, expected a file name", path)
-    ensure_folder(path.parent)
+    created = ensure_folder(path.parent)
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError("output file is not writable", path)
+    return created
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -150,6 +195,7 @@ class PaletteWriter:
         self.out_dir = Path(out_dir)
         self.palette = normalize_palette(palette)
         ensure_folder(self.out_dir)
+        remove_stale_temps(self.out_dir)  # once here, not once per frame
 
     def path_for(self, name: str) -> Path:
         return self.out_dir / f"{_check_name(name)}.png"
@@ -165,7 +211,7 @@ class PaletteWriter:
             )
         image = Image.fromarray(labels.astype(np.uint8, copy=False))
         image.putpalette(self.palette)  # turns the greyscale image into mode P without touching indices
-        with atomic_path(path) as temp:
+        with atomic_path(path, sweep=False) as temp:
             try:
                 image.save(temp, format="PNG", compress_level=1)
             except OSError as err:
@@ -214,8 +260,10 @@ def _object_edges(labels: np.ndarray) -> np.ndarray:
 class OverlayWriter(_CommitOnSuccess):
     """Streams frames with their masks blended in to an H.264 video (yuv420p, playable everywhere).
 
-    The video is encoded into a temporary file, renamed onto ``path`` by :meth:`close`; :meth:`abort`
-    (or an exception inside a ``with`` block) removes it. Odd frame sizes are padded by one
+    The video is encoded into a temporary file by an ffmpeg process of its own. :meth:`finish` waits
+    for ffmpeg, checks its exit status (a full disk shows only there) and that the file decodes to
+    every frame written; :meth:`close` then renames it onto ``path``; :meth:`abort` (or an exception
+    inside a ``with`` block) stops ffmpeg and removes the file. Odd frame sizes are padded by one
     edge-replicated row/column, because yuv420p needs even dimensions.
     """
 
@@ -232,16 +280,17 @@ class OverlayWriter(_CommitOnSuccess):
             raise OutputError(f"overlay video must end in {', '.join(sorted(OVERLAY_SUFFIXES))}", self.path)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        ensure_file_target(self.path)
+        self._created_folders = ensure_file_target(self.path)  # removed again if the video is not written
         self.fps = float(fps) if fps else DEFAULT_FPS
         self.colors = colors(palette)
         self.alpha = alpha
         self.contour = contour
         self.frames_written = 0
         self._file = AtomicFile(self.path)
-        self._encoder = None
+        self._encoder: _FfmpegEncoder | None = None
         self._size: tuple[int, int] | None = None
-        self._closed = False
+        self._closed = False  # no more frames (finished or aborted)
+        self._finished = False
 
     def write(self, frame_rgb: np.ndarray, labels: np.ndarray) -> None:
         """Blend ``labels`` over ``frame_rgb`` ((H, W, 3) uint8) and append it to the video."""
@@ -260,9 +309,9 @@ class OverlayWriter(_CommitOnSuccess):
         picture = _pad_to_even(blend_overlay(frame_rgb, labels, self.colors, self.alpha, self.contour))
         try:
             self._encoder.send(np.ascontiguousarray(picture))
-        except OSError as err:
+        except BaseException:
             self.abort()
-            raise OutputError(f"video encoder failed ({_first_line(err)})", self.path) from err
+            raise
         self.frames_written += 1
 
     def _start(self, size: tuple[int, int]) -> None:
@@ -271,41 +320,138 @@ class OverlayWriter(_CommitOnSuccess):
         output_params = ["-preset", "veryfast"]
         if self.path.suffix.lower() in (".mp4", ".mov"):
             output_params += ["-movflags", "+faststart"]  # playable while still downloading
-        self._encoder = imageio_ffmpeg.write_frames(
-            str(self._file.temp),
-            (width + width % 2, height + height % 2),
-            fps=self.fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            quality=6,
-            macro_block_size=2,  # the frames are padded to even sizes, so ffmpeg never rescales
-            ffmpeg_log_level="error",
-            output_params=output_params,
-        )
-        self._encoder.send(None)
+        remove_stale_temps(self.path.parent)
+        self._encoder = _FfmpegEncoder(self._file.temp, (width + width % 2, height + height % 2), self.fps,
+                                       output_params, self.path)
 
-    def close(self) -> None:
-        """Finish encoding and move the video into place. Raises OutputError if nothing was written."""
-        if self._closed:
-            return
+    def finish(self) -> AtomicFile:
+        """Finish encoding and check the video; raise OutputError (temporary file removed) if it is bad."""
+        if self._finished:
+            return self._file
         self._closed = True
         if self._encoder is None:
             raise OutputError("no frames were written to the overlay video", self.path)
-        self._encoder.close()  # waits for ffmpeg to flush and exit
-        if not self._file.temp.is_file() or self._file.temp.stat().st_size == 0:
-            self._file.discard()
+        try:
+            self._encoder.finish()  # waits for ffmpeg to flush and exit; raises on a failed exit
+            self._check_decodes()
+        except BaseException:
+            self.abort()
+            raise
+        self._finished = True
+        return self._file
+
+    def _check_decodes(self) -> None:
+        temp = self._file.temp
+        if not temp.is_file() or temp.stat().st_size == 0:
             raise OutputError("video encoder produced no file", self.path)
-        self._file.commit()
+        try:
+            decoded, _ = imageio_ffmpeg.count_frames_and_secs(str(temp))
+        except (RuntimeError, OSError) as err:
+            # The error is the last line; the ones before it are ffmpeg's banner.
+            reason = _ffmpeg_message(str(err).splitlines(), last=True)
+            raise OutputError(f"the video written cannot be decoded ({reason})", self.path) from err
+        if decoded != self.frames_written:
+            raise OutputError(f"wrote {self.frames_written} frames but the video decodes to {decoded}", self.path)
 
     def abort(self) -> None:
         """Stop encoding and remove the partial video; an existing file at ``path`` is left alone."""
-        if self._closed:
-            return
-        self._closed = True
+        self._closed = self._aborted = True
         if self._encoder is not None:
-            self._encoder.close()
+            self._encoder.kill()
         self._file.discard()
+        remove_created_folders(self._created_folders)
+
+
+class _FfmpegEncoder:
+    """One ffmpeg process encoding raw RGB frames from its stdin into ``temp``.
+
+    Driven directly rather than through imageio-ffmpeg's ``write_frames``, whose generator ignores
+    ffmpeg's exit status and lets its stderr through to the terminal: here the exit status is checked
+    and stderr is kept (last lines) to explain a failure in one line. ffmpeg runs in its own process
+    group, so Ctrl-C reaches only vostool, which then stops it (:meth:`kill`).
+    """
+
+    def __init__(self, temp: Path, size: tuple[int, int], fps: float, output_params: list[str], target: Path) -> None:
+        self.target = target  # for messages
+        width, height = size
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-y",
+            "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}", "-pix_fmt", "rgb24",
+            "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
+            "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(OVERLAY_CRF),
+            "-v", "error", *output_params, str(temp),
+        ]
+        if os.name == "posix":
+            isolate = {"start_new_session": True}
+        else:
+            isolate = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        try:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **isolate
+            )
+        except OSError as err:
+            raise OutputError(f"cannot start the video encoder ffmpeg ({err.strerror or err})", target) from err
+        self._stderr: collections.deque[str] = collections.deque(maxlen=20)
+        # Drained continuously: a full stderr pipe would block ffmpeg while vostool blocks on its stdin.
+        self._reader = threading.Thread(target=self._read_stderr, name="vostool-ffmpeg-stderr", daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        for line in iter(self.process.stderr.readline, b""):
+            self._stderr.append(line.decode("utf-8", "replace"))
+
+    def send(self, picture: np.ndarray) -> None:
+        try:
+            self.process.stdin.write(memoryview(picture).cast("B"))
+        except (OSError, ValueError) as err:  # BrokenPipeError: ffmpeg has exited (a full disk, ...)
+            self._wait_briefly()
+            raise self._failure(f"{err.strerror or err}" if isinstance(err, OSError) else str(err)) from err
+
+    def finish(self) -> None:
+        """Close ffmpeg's input and wait for it to write the file; OutputError if it did not exit cleanly."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass  # it exited early; its exit status and stderr say why
+        self.process.wait()
+        self._reader.join()
+        self.process.stderr.close()
+        if self.process.returncode != 0:
+            raise self._failure(f"ffmpeg exit status {self.process.returncode}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        self._reader.join(timeout=5)
+        if not self._reader.is_alive():
+            self.process.stderr.close()
+
+    def _wait_briefly(self) -> None:
+        try:
+            self.process.wait(timeout=10)
+            self._reader.join(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _failure(self, fallback: str) -> OutputError:
+        return OutputError(f"video encoder failed ({_ffmpeg_message(list(self._stderr)) or fallback})", self.target)
+
+
+_FFMPEG_TAG = re.compile(r"^\[[^\]]*\]\s*")  # "[out#0/mp4 @ 0x55d0c2f3e040] " before ffmpeg's messages
+
+
+def _ffmpeg_message(lines: list[str], *, last: bool = False) -> str:
+    """The first (or last) line of ffmpeg's output without its "[component @ address]" tag ("" if none)."""
+    for line in reversed(lines) if last else lines:
+        line = _FFMPEG_TAG.sub("", line.strip())
+        if line:
+            return line
+    return ""
 
 
 def _pad_to_even(picture: np.ndarray) -> np.ndarray:
@@ -313,11 +459,6 @@ def _pad_to_even(picture: np.ndarray) -> np.ndarray:
     if height % 2 == 0 and width % 2 == 0:
         return picture
     return np.pad(picture, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
 
 
 def encode_rle_objects(labels: np.ndarray) -> list[dict]:
@@ -344,9 +485,11 @@ class RleWriter(_CommitOnSuccess):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        ensure_file_target(self.path)
+        self._created_folders = ensure_file_target(self.path)  # removed again if the file is not written
         self.frames: list[dict] = []
+        self._file = AtomicFile(self.path)
         self._closed = False
+        self._finished = False
 
     def write(self, name: str, labels: np.ndarray) -> None:
         if self._closed:
@@ -355,18 +498,26 @@ class RleWriter(_CommitOnSuccess):
         objects = encode_rle_objects(labels)
         self.frames.append({"name": str(name), "size": list(labels.shape), "objects": objects})
 
-    def close(self) -> None:
-        if self._closed:
-            return
+    def finish(self) -> AtomicFile:
+        """Write the JSON under its temporary name."""
+        if self._finished:
+            return self._file
         self._closed = True
         document = {"format": RLE_VIDEO_FORMAT, "frames": self.frames}
-        with atomic_path(self.path) as temp:
-            try:
-                with open(temp, "w", encoding="utf-8") as handle:
-                    json.dump(document, handle, separators=(",", ":"))
-            except OSError as err:
+        remove_stale_temps(self.path.parent)
+        try:
+            with open(self._file.temp, "w", encoding="utf-8") as handle:
+                json.dump(document, handle, separators=(",", ":"))
+        except BaseException as err:
+            self.abort()
+            if isinstance(err, OSError):
                 raise OutputError(f"cannot write RLE file ({err.strerror or err})", self.path) from err
+            raise
+        self._finished = True
+        return self._file
 
     def abort(self) -> None:
-        self._closed = True
+        self._closed = self._aborted = True
         self.frames = []
+        self._file.discard()
+        remove_created_folders(self._created_folders)
