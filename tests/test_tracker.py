@@ -167,3 +167,16 @@ def test_load_validates_before_building(monkeypatch):
     monkeypatch.setattr(vostool.api, "load_network", lambda *a, **k: pytest.fail("built before validating"))
     with pytest.raises(vostool.SettingsError, match=r"^mem_every=0: "):
         vostool.load("stcn", mem_every=0)
+
+
+def test_readme_streaming_example_runs(capsys, monkeypatch):
+    """The README's streaming example, as written, on the demo clip."""
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    example = readme.split("### Streaming: frames in, masks out")[1].split("```python")[1].split("```")[0]
+    monkeypatch.chdir(REPO_ROOT)
+    exec(compile(example, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 36 and lines[0].startswith("0 {1: ") and lines[-1].startswith("35 {")
+    assert len(eval(lines[10].split(" ", 1)[1])) == 2 and len(eval(lines[21].split(" ", 1)[1])) == 1
