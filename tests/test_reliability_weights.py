@@ -31,9 +31,9 @@ from tests.test_weights import (  # noqa: F401 - registered and vostool_home are
 from vostool.cli import app
 from vostool.errors import ModelError
 from vostool.models.checkpoint import check_layout, load_checkpoint, with_article
-from vostool.models.propagate import build_propagate_lite0
+from vostool.models.propagate_lite0.adapter import build as build_propagate_lite0
 from vostool.models.registry import MODELS
-from vostool.models.stcn import build_stcn
+from vostool.models.stcn.adapter import build as build_stcn
 from vostool.weights import DownloadError, cache_file, download, get_checkpoint, verify
 from vostool.weights import downloads
 from vostool.weights.cache import record_sha256

@@ -62,11 +62,6 @@ class CheckpointSpec:
         return self.locate is not None
 
     @property
-    def layout(self) -> str:
-        """The model whose exact state-dict layout the file must have: always its own model."""
-        return self.model
-
-    @property
     def approx_size_bytes(self) -> int:
         """The float32 payload of the model's layout: an estimate shown to users, never used to verify."""
         from vostool.models.registry import get_spec

@@ -119,7 +119,7 @@ def download(
                                 f"off (--offline or {OFFLINE_ENV}=1)")
         raise DownloadError(offline_message(ckpt))
     try:  # refuse before any network access when there is no network to check the file against
-        layout_for(ckpt.layout, layout_of or default_layout_of)
+        layout_for(ckpt.model, layout_of or default_layout_of)
     except ModelError as exc:
         raise ModelError(f"{ckpt.name}: {exc} (the file is at {ckpt.urls[0]})") from None
     _make_folder(target.parent)
@@ -135,7 +135,7 @@ def download(
             failures.append(str(exc))  # the part file stays: a later run resumes it
             continue
         try:
-            result = verify(part, ckpt.layout, expected_sha256, layout_of, checkpoint=ckpt)
+            result = verify(part, ckpt.model, expected_sha256, layout_of, checkpoint=ckpt)
         except ModelError as exc:
             # A complete file that is not the checkpoint: drop it, and try the next mirror.
             part.unlink(missing_ok=True)
@@ -164,7 +164,7 @@ def checked_cache_file(
     if ckpt.sha256 is not None or read_recorded_sha256(path) is not None:
         check_hashes(path, expected_sha256, ckpt)
         return path
-    result = verify(path, ckpt.layout, expected_sha256, layout_of, checkpoint=ckpt)
+    result = verify(path, ckpt.model, expected_sha256, layout_of, checkpoint=ckpt)
     record_sha256(path, result.sha256)
     return path
 

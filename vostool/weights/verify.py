@@ -140,7 +140,7 @@ def _model_to_check(path: Path, model: str | None, checkpoint: Checkpoint | None
     if model is None:
         if checkpoint is None:
             raise ModelError("cannot tell which model this file belongs to; name the model", path)
-        model = checkpoint.layout
+        model = checkpoint.model
     return model
 
 
@@ -159,7 +159,7 @@ def layout_for(model: str, layout_of: LayoutProvider) -> Mapping[str, tuple[int,
     try:
         return layout_of(model)
     except UnknownModelError:
-        if any(c.layout == model for c in list_checkpoints()):
+        if any(c.model == model for c in list_checkpoints()):
             raise ModelError(
                 f"vostool has no {model} network yet: its checkpoints are registered but cannot be "
                 "checked or used"
