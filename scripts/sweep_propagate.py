@@ -20,7 +20,6 @@ import torch
 from vostool.eval import evaluate_davis
 from vostool.eval.predict import segment_davis
 from vostool.models.propagate_lite0.adapter import build as build_propagate_lite0
-from vostool.settings import RunSettings
 from vostool.tracker import Tracker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +35,9 @@ def parse_args() -> argparse.Namespace:
 
 def score(davis: Path, temperature: float) -> dict[str, float]:
     network = build_propagate_lite0()
-    network.settings.temperature = temperature
+    network.propagation.temperature = temperature
     with tempfile.TemporaryDirectory() as results:
-        tracker = Tracker(network, "propagate-lite0", torch.device("cpu"), RunSettings(device="cpu"))
+        tracker = Tracker(network, "propagate-lite0", torch.device("cpu"))
         segment_davis(davis, results, tracker=tracker)
         report = evaluate_davis(davis, results, workers=1)
     per_object = {o.name: o.jf_mean for o in report.per_object}

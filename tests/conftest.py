@@ -39,3 +39,16 @@ def _deterministic_cpu():
     # Parity vectors were produced with 2 CPU threads; keep the thread count stable between tests.
     torch.set_num_threads(2)
     yield
+
+
+def settings_for(model: str, *, short_side: int | None | str = "default", **changes):
+    """``model``'s official settings with ``changes`` (ModelSettings fields) and, when given, another
+    pre-processing short side (None: native size)."""
+    import dataclasses
+
+    from vostool.models.registry import get_spec
+
+    settings = get_spec(model).defaults
+    if short_side != "default":
+        changes["preprocessing"] = dataclasses.replace(settings.preprocessing, short_side=short_side)
+    return dataclasses.replace(settings, **changes)

@@ -50,7 +50,7 @@ def test_lite0_recognises_a_black_swan():
     frame = require(DAVIS_MINI / "JPEGImages" / "480p" / "blackswan" / "00000.jpg")
     model = build_propagate_lite0()
     image = np.asarray(Image.open(frame).convert("RGB").resize((224, 224)), dtype=np.float32) / 255
-    prep = PropagateLite0Adapter.preprocessing
+    prep = PropagateLite0Adapter.defaults.preprocessing
     x = (torch.from_numpy(image) - torch.tensor(prep.mean)) / torch.tensor(prep.std)
     with torch.no_grad():
         logits = model.net.backbone(x.permute(2, 0, 1)[None])

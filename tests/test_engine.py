@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from vostool.engine.aggregate import aggregate
-from vostool.engine.core import EngineOptions, propagate
+from vostool.engine.config import ModelSettings
+from vostool.engine.core import VideoPropagator, propagate
 from vostool.engine.memory import MemoryBank
-from vostool.engine.protocol import MemoryEntry, MemorySchedule, MemoryView, Preprocessing
+from vostool.engine.memory import EveryNthFrame, FirstAndPrevious, WorkingMemory, Write
+from vostool.engine.protocol import MemoryEntry, MemoryView, ObjectStates, Preprocessing
 from vostool.engine.readout import local_topk_readout, topk_l2_readout
 from vostool.engine.transforms import Geometry, resized_size
 
@@ -20,35 +24,35 @@ def entry(t: int, objects=(0,), pinned=False) -> MemoryEntry:
 
 
 def test_schedule_every_n_frames_counts_from_last_write():
-    bank = MemoryBank(MemorySchedule(mem_every=5))
-    bank.add(entry(0, pinned=True), permanent=True)
-    due = [t for t in range(1, 16) if bank.due(t) == "permanent" and not bank.add(entry(t), True)]
+    bank = MemoryBank(EveryNthFrame(every=5))
+    bank.add(entry(0, pinned=True), Write.PERMANENT)
+    due = [t for t in range(1, 16) if bank.due(t) is Write.PERMANENT and not bank.add(entry(t), Write.PERMANENT)]
     assert due == [5, 10, 15]
 
 
 def test_include_last_keeps_one_temporary_frame_replaced_by_every_write():
-    bank = MemoryBank(MemorySchedule(mem_every=None, include_last=True))
-    bank.add(entry(0, pinned=True), permanent=True)
+    bank = MemoryBank(FirstAndPrevious())
+    bank.add(entry(0, pinned=True), Write.PERMANENT)
     for t in (1, 2, 3):
-        assert bank.due(t) == "temporary"
-        bank.add(entry(t), permanent=False)
+        assert bank.due(t) is Write.TEMPORARY
+        bank.add(entry(t), Write.TEMPORARY)
     assert [e.frame_index for e in bank.entries] == [0, 3]
 
 
 def test_max_frames_keeps_pinned_and_drops_oldest():
-    bank = MemoryBank(MemorySchedule(mem_every=1, max_frames=3))
-    bank.add(entry(0, pinned=True), permanent=True)
+    bank = MemoryBank(EveryNthFrame(every=1, max_frames=3))
+    bank.add(entry(0, pinned=True), Write.PERMANENT)
     for t in range(1, 300):
-        bank.add(entry(t), permanent=True)
+        bank.add(entry(t), Write.PERMANENT)
         assert len(bank) <= 3
     assert [e.frame_index for e in bank.entries] == [0, 298, 299]
 
 
 def test_views_group_objects_by_the_frames_that_hold_them():
-    bank = MemoryBank(MemorySchedule(mem_every=1))
-    bank.add(entry(0, objects=(0, 1), pinned=True), permanent=True)
-    bank.add(entry(4, objects=(0, 1, 2), pinned=True), permanent=True)
-    bank.add(entry(5, objects=(0, 1, 2)), permanent=True)
+    bank = MemoryBank(EveryNthFrame(every=1))
+    bank.add(entry(0, objects=(0, 1), pinned=True), Write.PERMANENT)
+    bank.add(entry(4, objects=(0, 1, 2), pinned=True), Write.PERMANENT)
+    bank.add(entry(5, objects=(0, 1, 2)), Write.PERMANENT)
     views = {v.objects: v for v in bank.views([0, 1, 2])}
     assert set(views) == {(0, 1), (2,)}
     assert [e.frame_index for e in views[(0, 1)].entries] == [0, 4, 5]
@@ -123,9 +127,7 @@ class ColourMatcher(torch.nn.Module):
     """A tiny but real memory network for engine tests: keys are pixel colours at stride 8, values are
     the masks there, readout is the engine's L2 top-k. It tracks flat-coloured objects exactly."""
 
-    preprocessing = Preprocessing(short_side=None, stride=8)
-    schedule = MemorySchedule(mem_every=1, max_frames=4)
-    top_k = 4
+    settings = ModelSettings(Preprocessing(short_side=None, stride=8), EveryNthFrame(every=1, max_frames=4), top_k=4)
 
     def encode_query(self, image):
         return F.avg_pool2d(image, 8)[0] * 4
@@ -133,13 +135,13 @@ class ColourMatcher(torch.nn.Module):
     def memory_key(self, query):
         return query
 
-    def encode_value(self, image, query, masks):
+    def encode_value(self, image, query, masks, state):
         return F.avg_pool2d(masks, 8)[:, 0]
 
-    def segment(self, query, memory):
+    def segment(self, query, memory, state):
         keys = torch.cat([e.key.flatten(1) for e in memory.entries], dim=1)
         values = torch.cat([memory.values(i).flatten(1) for i in range(len(memory.entries))], dim=1)
-        read = topk_l2_readout(keys, values[:, None], query.flatten(1), self.top_k)
+        read = topk_l2_readout(keys, values[:, None], query.flatten(1), self.settings.top_k)
         read = read.view(len(memory.objects), 1, *query.shape[1:])
         return F.interpolate(read, scale_factor=8, mode="nearest")
 
@@ -182,10 +184,8 @@ def test_engine_introduces_objects_from_later_masks_and_outputs_background_befor
 def test_memory_cap_holds_on_a_long_clip():
     frames, truth = moving_squares(40, size=(16, 16))
     net = ColourMatcher()
-    options = EngineOptions(max_memory_frames=3)
-    from vostool.engine.core import VideoPropagator
-
-    prop = VideoPropagator(net, (16, 16), 40, "cpu", options)
+    net.settings = dataclasses.replace(net.settings, memory=EveryNthFrame(every=1, max_frames=3))
+    prop = VideoPropagator(net, (16, 16), 40, "cpu")
     for t, frame in enumerate(frames):
         prop.step(frame, truth[0] if t == 0 else None)
         assert len(prop.bank) <= 3
@@ -197,14 +197,15 @@ class PaddingRecorder(ColourMatcher):
 
     def __init__(self, zero_padded: bool) -> None:
         super().__init__()
-        self.preprocessing = Preprocessing(short_side=None, stride=8, zero_padded_memory_masks=zero_padded)
+        prep = Preprocessing(short_side=None, stride=8, zero_padded_memory_masks=zero_padded)
+        self.settings = dataclasses.replace(self.settings, preprocessing=prep)
         self.memorised: list[torch.Tensor] = []
 
-    def encode_value(self, image, query, masks):
+    def encode_value(self, image, query, masks, state):
         self.memorised.append(masks.clone())
-        return super().encode_value(image, query, masks)
+        return super().encode_value(image, query, masks, state)
 
-    def segment(self, query, memory):
+    def segment(self, query, memory, state):
         return torch.full((len(memory.objects), 1, *(8 * s for s in query.shape[1:])), 0.5)
 
 
@@ -219,3 +220,62 @@ def test_memory_masks_are_zero_in_the_padding_when_the_network_asks(zero_padded)
     border = predicted.clone()
     border[:, :, 2:-2, 2:-2] = 0
     assert (torch.count_nonzero(border) == 0) == zero_padded
+
+
+def test_mem_every_turns_first_and_previous_into_every_nth_frame_with_the_previous_frame():
+    assert FirstAndPrevious().with_overrides(None, None) == FirstAndPrevious()
+    assert FirstAndPrevious().with_overrides(3, 7) == EveryNthFrame(every=3, keep_previous=True, max_frames=7)
+    assert EveryNthFrame(every=5).with_overrides(None, 2) == EveryNthFrame(every=5, max_frames=2)
+    assert WorkingMemory(every=5, max_frames=1).with_overrides(2, None) == WorkingMemory(every=2, max_frames=1)
+
+
+def test_every_nth_frame_keep_previous_fills_the_slot_between_memory_frames():
+    bank = MemoryBank(EveryNthFrame(every=3, keep_previous=True))
+    bank.add(entry(0, pinned=True), Write.PERMANENT)
+    writes = []
+    for t in range(1, 7):
+        writes.append(bank.due(t))
+        bank.add(entry(t), writes[-1])
+    assert writes == [Write.TEMPORARY, Write.TEMPORARY, Write.PERMANENT, Write.TEMPORARY, Write.TEMPORARY, Write.PERMANENT]
+    assert [e.frame_index for e in bank.entries] == [0, 3, 6]  # a memory frame replaces the previous one
+
+
+class StateCounter(ColourMatcher):
+    """Counts, per object, the frames it was segmented on, in the engine's per-object state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[int | None]] = []
+
+    def segment(self, query, memory, state):
+        for slot in memory.objects:
+            state[slot] = (state.get(slot) or 0) + 1
+        self.seen.append([state.get(slot) for slot in range(len(state))])
+        return super().segment(query, memory, state)
+
+
+def test_object_state_starts_empty_and_is_dropped_with_its_object():
+    frames, truth = moving_squares(6)
+    net = StateCounter()
+    prop = VideoPropagator(net, truth[0].shape, 6, "cpu")
+    only_red = np.where(truth[0] == 7, 7, 0).astype(np.uint8)
+    green = np.where(truth[2] == 3, 3, 0).astype(np.uint8)
+    for t, frame in enumerate(frames[:4]):
+        prop.step(frame, {0: only_red, 2: green}.get(t))
+        if t == 3:
+            prop.remove_object(7)
+        if t == 2:
+            assert prop.states.get(1) is None  # green appeared on frame 2: no state yet
+    # Frame 3 reads two views (red's frames 0-2, green's frame 2), one segment call each.
+    assert net.seen == [[1], [2, None], [3, None], [3, 1]]
+    assert len(prop.states) == 1 and prop.states.get(0) == 1  # red's state went, green's moved to slot 0
+    prop.step(frames[4])
+    assert net.seen[-1] == [2]
+
+
+def test_object_states_slots():
+    states = ObjectStates(2)
+    states[1] = "b"
+    states.add_object()
+    states.remove_slot(0)
+    assert [states.get(i) for i in range(len(states))] == ["b", None]

@@ -82,6 +82,7 @@ def test_segment_davis_uses_a_given_network(tmp_path, monkeypatch):
 
     from vostool.eval.predict import segment_davis
     from vostool.models.propagate_lite0.adapter import build as build_propagate_lite0
+    from vostool.models.registry import get_spec
     from vostool.settings import RunSettings
     from vostool.tracker import Tracker
 
@@ -89,8 +90,8 @@ def test_segment_davis_uses_a_given_network(tmp_path, monkeypatch):
         raise AssertionError("load_network called although a network was given")
 
     monkeypatch.setattr(vostool.api, "load_network", refuse)
-    network = build_propagate_lite0()
-    network.settings.temperature = 0.2
-    tracker = Tracker(network, "propagate-lite0", torch.device("cpu"), RunSettings(size=128, device="cpu"))
+    network = build_propagate_lite0(None, "cpu", get_spec("propagate-lite0").settings_for(RunSettings(size=128)))
+    network.propagation.temperature = 0.2
+    tracker = Tracker(network, "propagate-lite0", torch.device("cpu"))
     names = segment_davis(_tiny_davis(tmp_path / "davis"), tmp_path / "results", tracker=tracker)
     assert names == ["a", "b"] and len(list((tmp_path / "results" / "a").glob("*.png"))) == 4

@@ -14,11 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import SPEC, require
+from tests.conftest import SPEC, require, settings_for
 from vostool.engine.aggregate import aggregate
-from vostool.engine.core import EngineOptions, propagate
+from vostool.engine.core import propagate
 from vostool.engine.memory import MemoryBank
-from vostool.engine.protocol import MemoryEntry, MemorySchedule, MemoryView, VOSNetwork
+from vostool.engine.memory import WorkingMemory, Write
+from vostool.engine.protocol import MemoryEntry, MemoryView, ObjectStates, VOSNetwork
 from vostool.errors import ModelError
 from vostool.models.jointformer.adapter import (
     MEMORY_INPUT,
@@ -168,10 +169,10 @@ def forward_steps(jointformer, forward_case) -> dict[str, torch.Tensor]:
     masks = forward_case["mem0_frames_with_masks"][0, :, 3:4]
     with torch.no_grad():
         query0 = jointformer.encode_query(images[:1])
-        reference = jointformer.encode_value(images[:1], query0, masks)
+        reference = jointformer.encode_value(images[:1], query0, masks, ObjectStates(len(masks)))
         frame1 = jointformer.encode_query(images[1:]).frame
         positions = jointformer.positions(frame1.grid)
-        f16 = net.readout(frame1, [reference], jointformer.top_k)
+        f16 = net.readout(frame1, [reference], jointformer.settings.top_k)
         enhanced = net.enhance(f16, reference.memory_tokens, positions)
         logits, fusion = net.decoder(f16, enhanced, frame1.f8, frame1.f4)
         updated = net.update_memory_token(fusion, reference.memory_tokens, positions)
@@ -240,8 +241,8 @@ def test_case_forward_steps_through_the_engine(jointformer) -> None:
     case = _case("case_forward")
     frames = _case("case_clip")["frames"][:2]
     first = _case("case_clip")["first_mask"]
-    native = EngineOptions(short_side=-1)  # the vectors were made without resizing (size -1)
-    results = list(propagate(jointformer, list(frames), {0: first}, num_frames=2, options=native))
+    native = _with_settings(jointformer, settings_for("jointformer", short_side=None))  # made without resizing (size -1)
+    results = list(propagate(native, list(frames), {0: first}, num_frames=2))
     prob = torch.stack([_unpadded(r.prob_padded) for r in results])
     assert (prob - torch.from_numpy(case["step_prob"])).abs().max() <= STEP_PROBABILITIES
     labels = np.stack([r.labels for r in results])
@@ -256,13 +257,14 @@ def _unpadded(prob_padded: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ clips
 
 
-def _clip_options(settings: dict) -> EngineOptions:
-    return EngineOptions(
-        short_side=settings["size"],
-        mem_every=settings["mem_every"],
-        max_memory_frames=settings["max_memory_frames"],
-        include_last=settings["include_last"],
-    )
+def _with_settings(adapter: JointFormerAdapter, settings) -> JointFormerAdapter:
+    return JointFormerAdapter(adapter.net, adapter.device, settings)
+
+
+def _clip_settings(settings: dict):
+    assert settings["size"] == -1 and settings["include_last"]  # native size; the XMem store keeps the previous frame
+    memory = WorkingMemory(every=settings["mem_every"], max_frames=settings["max_memory_frames"])
+    return settings_for("jointformer", short_side=None, memory=memory)
 
 
 @pytest.mark.parametrize(
@@ -276,18 +278,17 @@ def test_case_clip_through_the_engine(jointformer, monkeypatch, name, memory_fra
     read: list[list[int]] = []
     segment = JointFormerAdapter.segment
 
-    def recording_segment(self, query, memory):
+    def recording_segment(self, query, memory, state):
         read.append([e.frame_index for e in memory.entries])
-        return segment(self, query, memory)
+        return segment(self, query, memory, state)
 
     monkeypatch.setattr(JointFormerAdapter, "segment", recording_segment)
     case = _case(name)
     settings = json.loads(str(case["settings_json"]))
-    assert settings["topk_num"] == jointformer.top_k
+    assert settings["topk_num"] == jointformer.settings.top_k
     frames = list(case["frames"])
-    results = list(
-        propagate(jointformer, frames, {0: case["first_mask"]}, num_frames=len(frames), options=_clip_options(settings))
-    )
+    adapter = _with_settings(jointformer, _clip_settings(settings))
+    results = list(propagate(adapter, frames, {0: case["first_mask"]}, num_frames=len(frames)))
     assert read == memory_frames
     prob = torch.stack([_unpadded(r.prob_padded) for r in results])
     assert (prob - torch.from_numpy(case["probs"])).abs().max() <= CLIP_PROBABILITIES
@@ -306,15 +307,15 @@ def _entry(t: int, pinned: bool = False) -> MemoryEntry:
 def test_keep_temporary_store_follows_the_official_memory_store() -> None:
     """max 1: memory frames only replace the previous-frame slot; max 2: FIFO from index 1, and the
     temporary slot survives permanent writes (SPEC §8)."""
-    one = MemoryBank(MemorySchedule(mem_every=5, include_last=True, max_frames=1, keep_temporary=True))
-    one.add(_entry(0, pinned=True), permanent=True)
+    one = MemoryBank(WorkingMemory(every=5, max_frames=1))
+    one.add(_entry(0, pinned=True), Write.PERMANENT)
     for t in range(1, 7):
-        one.add(_entry(t), permanent=one.due(t) == "permanent")
+        one.add(_entry(t), one.due(t))
     assert [e.frame_index for e in one.entries] == [0, 6] and one.last_written == 5
-    two = MemoryBank(MemorySchedule(mem_every=5, include_last=True, max_frames=2, keep_temporary=True))
-    two.add(_entry(0, pinned=True), permanent=True)
+    two = MemoryBank(WorkingMemory(every=5, max_frames=2))
+    two.add(_entry(0, pinned=True), Write.PERMANENT)
     for t in range(1, 11):
-        two.add(_entry(t), permanent=two.due(t) == "permanent")
+        two.add(_entry(t), two.due(t))
         if t == 5:
             assert [e.frame_index for e in two.entries] == [0, 5, 4]
     assert [e.frame_index for e in two.entries] == [0, 10, 9]
@@ -325,10 +326,11 @@ def test_rows_select_objects_and_the_newest_entry_gives_the_memory_token(jointfo
     masks = torch.rand(2, 1, 32, 48)
     with torch.no_grad():
         query = jointformer.encode_query(image)
-        reference = jointformer.encode_value(image, query, masks)
+        state = ObjectStates(2)
+        reference = jointformer.encode_value(image, query, masks, state)
     view = MemoryView([MemoryEntry(0, None, reference, (0, 1))], (1,), [[1]])
     assert torch.equal(view.values(0).memory_tokens, reference.memory_tokens[1:])
-    fg = jointformer.segment(jointformer.encode_query(image), view)
+    fg = jointformer.segment(jointformer.encode_query(image), view, state)
     assert fg.shape == (1, 1, 32, 48) and torch.isfinite(fg).all()
 
 
@@ -338,18 +340,18 @@ def test_objects_appearing_later_start_from_the_initial_token(jointformer) -> No
     first, later = np.zeros((32, 48), np.uint8), np.zeros((32, 48), np.uint8)
     first[4:20, 4:20] = 1
     later[20:30, 30:44] = 2
-    native = EngineOptions(short_side=-1)
-    results = list(propagate(jointformer, frames, {0: first, 1: later}, num_frames=3, options=native))
+    native = _with_settings(jointformer, settings_for("jointformer", short_side=None))
+    results = list(propagate(native, frames, {0: first, 1: later}, num_frames=3))
     assert [r.object_ids for r in results] == [(1,), (1, 2), (1, 2)]
     assert torch.isfinite(results[-1].prob_padded).all()
 
 
 def test_engine_defaults() -> None:
     adapter = JointFormerAdapter(_meta_net(), "meta")
-    assert adapter.preprocessing.short_side == 480 and adapter.preprocessing.resize_mode == "bilinear"
-    schedule = adapter.schedule
-    assert (schedule.mem_every, schedule.include_last, schedule.max_frames) == (5, True, 1)
-    assert schedule.keep_temporary and adapter.top_k == 60
+    prep = adapter.settings.preprocessing
+    assert prep.short_side == 480 and prep.resize_mode == "bilinear"
+    assert adapter.settings.memory == WorkingMemory(every=5, max_frames=1)
+    assert adapter.settings.top_k == 60
 
 
 def _meta_net():

@@ -5,15 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vostool.engine.core import EngineOptions, VideoPropagator
+from tests.conftest import settings_for
+from vostool.engine.core import VideoPropagator
+from vostool.engine.memory import EveryNthFrame
 from vostool.models.stcn.adapter import build as build_stcn
 
 
 def test_stcn_memory_bank_stays_at_its_cap_over_300_frames():
     torch.manual_seed(0)
-    network = build_stcn(None, "cpu")  # random weights: the schedule, not the masks, is under test
-    options = EngineOptions(short_side=-1, mem_every=1, max_memory_frames=4)
-    propagator = VideoPropagator(network, (32, 48), 300, "cpu", options)
+    settings = settings_for("stcn", short_side=None, memory=EveryNthFrame(every=1, max_frames=4))
+    network = build_stcn(None, "cpu", settings)  # random weights: the memory policy, not the masks, is under test
+    propagator = VideoPropagator(network, (32, 48), 300, "cpu")
     rng = np.random.default_rng(0)
     first = np.zeros((32, 48), np.uint8)
     first[8:24, 8:24] = 1

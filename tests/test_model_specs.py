@@ -30,6 +30,8 @@ from vostool.models.registry import MODELS
 TOY_SPEC = '''
 from pathlib import Path
 
+from vostool.engine.config import ModelSettings, Preprocessing
+from vostool.engine.memory import EveryNthFrame
 from vostool.models.spec import PIP_WHEEL, CheckpointSpec, ModelSpec
 
 
@@ -43,6 +45,7 @@ SPEC = ModelSpec(
     paper="none (a test plugin)",
     builder="toyvos.adapter:build",
     layout_fn="toyvos.adapter:checkpoint_layout",
+    defaults=ModelSettings(Preprocessing(short_side=None, stride=8), EveryNthFrame(every=1, max_frames=4), top_k=4),
     needs_checkpoint=False,
     checkpoints=(
         CheckpointSpec(
@@ -65,7 +68,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vostool.engine.protocol import MemorySchedule, Preprocessing
 from vostool.engine.readout import topk_l2_readout
 from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state
 
@@ -82,12 +84,9 @@ class ToyNet(nn.Module):
 
 
 class ToyAdapter:
-    preprocessing = Preprocessing(short_side=None, stride=STRIDE)
-    schedule = MemorySchedule(mem_every=1, max_frames=4)
-
-    def __init__(self, net, device):
+    def __init__(self, net, device, settings):
         self.net = net.to(device).eval()
-        self.top_k = 4
+        self.settings = settings
 
     @torch.no_grad()
     def encode_query(self, image):
@@ -96,23 +95,23 @@ class ToyAdapter:
     def memory_key(self, query):
         return query
 
-    def encode_value(self, image, query, masks):
+    def encode_value(self, image, query, masks, state):
         return F.avg_pool2d(masks, STRIDE)[:, 0]
 
     @torch.no_grad()
-    def segment(self, query, memory):
+    def segment(self, query, memory, state):
         keys = torch.cat([e.key.flatten(1) for e in memory.entries], dim=1)
         values = torch.cat([memory.values(i).flatten(1) for i in range(len(memory.entries))], dim=1)
-        read = topk_l2_readout(keys, values[:, None], query.flatten(1), self.top_k)
+        read = topk_l2_readout(keys, values[:, None], query.flatten(1), self.settings.top_k)
         read = read.view(len(memory.objects), 1, *query.shape[1:])
         return F.interpolate(read, scale_factor=STRIDE, mode="nearest")
 
 
-def build(weights=None, device="cpu"):
+def build(weights, device, settings):
     net = ToyNet()
     if weights is not None:
         load_exact_state(net, load_checkpoint(weights), "toy", weights)
-    return ToyAdapter(net, device)
+    return ToyAdapter(net, device, settings)
 
 
 def checkpoint_layout():

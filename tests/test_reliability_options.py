@@ -113,15 +113,18 @@ def test_valid_sizes_are_accepted(size):
 
 
 def test_native_size_has_one_engine_encoding():
-    assert RunSettings(size=-1).short_side == 0
-    assert RunSettings().short_side is None
+    from vostool.models.registry import get_spec
+
+    stcn = get_spec("stcn")
+    assert stcn.settings_for(RunSettings(size=-1)).preprocessing.short_side is None
+    assert stcn.settings_for(RunSettings()).preprocessing.short_side == stcn.defaults.preprocessing.short_side == 480
 
 
 def test_top_k_for_a_model_without_top_k_names_the_parameter():
-    from vostool.tracker import Tracker
+    from vostool.models.registry import get_spec
 
     with pytest.raises(SettingsError, match=r"^top_k=5: model sitvos-toy has no top-k"):
-        Tracker(object(), "sitvos-toy", "cpu", RunSettings(top_k=5))
+        get_spec("sitvos").defaults.merged(RunSettings(top_k=5), "sitvos-toy")
 
 
 # --- 9: the default size does not upscale elongated frames without bound -----------------------------

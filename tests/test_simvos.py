@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import SPEC, require
+from tests.conftest import SPEC, require, settings_for
 from vostool.engine.aggregate import aggregate
 from vostool.engine.core import propagate
-from vostool.engine.protocol import MemoryEntry, MemoryView, VOSNetwork
+from vostool.engine.memory import FirstAndPrevious
+from vostool.engine.protocol import MemoryEntry, MemoryView, ObjectStates, VOSNetwork
 from vostool.errors import ModelError
 from vostool.models.checkpoint import expected_layout
 from vostool.models.simvos.adapter import (
@@ -64,12 +65,12 @@ def synth_file(synth_b, tmp_path_factory):
 @pytest.fixture(scope="module")
 def simvos_b(synth_file) -> SimVOSAdapter:
     # Native resolution: the parity clips are 100x120, the official eval does not resize them.
-    return build_simvos("simvos-b", synth_file, "cpu", short_side=None)
+    return build_simvos("simvos-b", synth_file, "cpu", settings_for("simvos-b", short_side=None))
 
 
 @pytest.fixture(scope="module")
 def simvos_bs(synth_file) -> SimVOSAdapter:
-    return build_simvos("simvos-bs", synth_file, "cpu", short_side=None)
+    return build_simvos("simvos-bs", synth_file, "cpu", settings_for("simvos-bs", short_side=None))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def synth_l(synthweights, manifest) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def simvos_l(synth_l) -> SimVOSAdapter:
-    return SimVOSAdapter(network_from_state("simvos-l", synth_l, "synthetic"), torch.device("cpu"), None)
+    return SimVOSAdapter(network_from_state("simvos-l", synth_l, "synthetic"), torch.device("cpu"), settings_for("simvos-l", short_side=None))
 
 
 def _unused_by_b(key: str) -> bool:
@@ -95,7 +96,7 @@ def _meta_network(variant: str):
 
 def _entry(net: SimVOSAdapter, t: int, image: torch.Tensor, masks: torch.Tensor) -> MemoryEntry:
     query = net.encode_query(image)
-    values = net.encode_value(image, query, masks)
+    values = net.encode_value(image, query, masks, ObjectStates(len(masks)))
     return MemoryEntry(t, net.memory_key(query), values, tuple(range(len(masks))))
 
 
@@ -247,7 +248,7 @@ def test_case_forward_one_reference(simvos_b) -> None:
     x = simvos_b.net.run_blocks(simvos_b.input_tokens(query, _view([entry])), 0)
     logits = simvos_b.net.logits(simvos_b.net.query_map(x, query.grid))
     torch.testing.assert_close(logits, case["t1_logits"], **FEATURES)
-    torch.testing.assert_close(simvos_b.segment(query, _view([entry])), case["t1_prob"], **PROBABILITIES)
+    torch.testing.assert_close(simvos_b.segment(query, _view([entry]), ObjectStates(1)), case["t1_prob"], **PROBABILITIES)
 
 
 @torch.no_grad()
@@ -259,7 +260,7 @@ def test_case_forward_two_objects_batched(simvos_b) -> None:
     x = simvos_b.net.run_blocks(simvos_b.input_tokens(query, _view(entries)), 0)
     logits = simvos_b.net.logits(simvos_b.net.query_map(x, query.grid))
     torch.testing.assert_close(logits, case["t2_logits"], **FEATURES)
-    prob = simvos_b.segment(query, _view(entries))
+    prob = simvos_b.segment(query, _view(entries), ObjectStates(2))
     torch.testing.assert_close(prob, case["t2_prob"], **PROBABILITIES)
     torch.testing.assert_close(aggregate(prob), case["t2_prob_aggregated"], **PROBABILITIES)
 
@@ -269,8 +270,8 @@ def test_memory_view_rows_select_and_order_objects(simvos_b) -> None:
     frames, masks = case["t2_memory_frames"], case["t2_mask_frames"]
     entries = [_entry(simvos_b, i, frames[:, i], masks[:, i]) for i in range(2)]
     query = simvos_b.encode_query(case["t2_query_frame"])
-    swapped = simvos_b.segment(query, MemoryView(entries, (1, 0), [[1, 0], [1, 0]]))
-    single = simvos_b.segment(query, MemoryView(entries, (1,), [[1], [1]]))
+    swapped = simvos_b.segment(query, MemoryView(entries, (1, 0), [[1, 0], [1, 0]]), ObjectStates(2))
+    single = simvos_b.segment(query, MemoryView(entries, (1,), [[1], [1]]), ObjectStates(2))
     torch.testing.assert_close(swapped, case["t2_prob"].flip(0), **PROBABILITIES)
     torch.testing.assert_close(single, case["t2_prob"][1:], **PROBABILITIES)
 
@@ -288,7 +289,8 @@ def test_frame0_soft_masks_equal_binary_masks(request, variant) -> None:
     assert 0 < (soft - binary).abs().max() < 1e-13
     image = case["images_padded"][:1]
     query = adapter.encode_query(image)
-    assert torch.equal(adapter.encode_value(image, query, soft), adapter.encode_value(image, query, binary))
+    states = ObjectStates(len(soft))
+    assert torch.equal(adapter.encode_value(image, query, soft, states), adapter.encode_value(image, query, binary, states))
     if variant == "simvos-bs":
         for a, b in zip(guidance_weights(soft, query.grid), guidance_weights(binary, query.grid)):
             assert torch.equal(a, b)
@@ -315,9 +317,9 @@ def test_case_clip_through_the_engine(simvos_b, monkeypatch) -> None:
     memory_frames: list[list[int]] = []
     segment = SimVOSAdapter.segment
 
-    def recording_segment(self, query, memory):
+    def recording_segment(self, query, memory, state):
         memory_frames.append([e.frame_index for e in memory.entries])
-        return segment(self, query, memory)
+        return segment(self, query, memory, state)
 
     monkeypatch.setattr(SimVOSAdapter, "segment", recording_segment)
     case = _case("case_clip")
@@ -347,16 +349,16 @@ def test_simvos_l_runs_through_the_engine(simvos_l) -> None:
 
 def test_engine_defaults() -> None:
     adapter = SimVOSAdapter(_meta_network("simvos-b"), torch.device("meta"))
-    assert adapter.preprocessing.short_side == 480 and adapter.preprocessing.stride == 16
-    assert adapter.schedule.mem_every is None and adapter.schedule.include_last
-    assert adapter.schedule.max_frames is None
+    assert adapter.settings.preprocessing.short_side == 480 and adapter.settings.preprocessing.stride == 16
+    assert adapter.settings.memory == FirstAndPrevious() and adapter.settings.memory.max_frames is None
+    assert adapter.settings.top_k is None
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_case_forward_on_cuda(synth_file) -> None:
     """Fused attention (and TF32 convolutions where enabled) on GPU: a sanity bound, not parity."""
-    adapter = build_simvos("simvos-b", synth_file, "cuda", short_side=None)
+    adapter = build_simvos("simvos-b", synth_file, "cuda", settings_for("simvos-b", short_side=None))
     case = _case("case_forward")
     frames, masks = case["t2_memory_frames"], case["t2_mask_frames"]
     entries = [_entry(adapter, i, frames[:, i].cuda(), masks[:, i].cuda()) for i in range(2)]
@@ -365,4 +367,4 @@ def test_case_forward_on_cuda(synth_file) -> None:
         x = adapter.net.run_blocks(adapter.input_tokens(query, _view(entries)), 0)
         logits = adapter.net.logits(adapter.net.query_map(x, query.grid))
     torch.testing.assert_close(logits.cpu(), case["t2_logits"], atol=1e-2, rtol=0)
-    assert adapter.segment(query, _view(entries)).device.type == "cuda"
+    assert adapter.segment(query, _view(entries), ObjectStates(2)).device.type == "cuda"

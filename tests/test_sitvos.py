@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import SPEC, require
+from tests.conftest import SPEC, require, settings_for
 from vostool.engine.aggregate import aggregate, aggregate_logits
-from vostool.engine.core import EngineOptions, propagate
-from vostool.engine.protocol import MemoryEntry, MemoryView, VOSNetwork
+from vostool.engine.core import propagate
+from vostool.engine.memory import EveryNthFrame
+from vostool.engine.protocol import MemoryEntry, MemoryView, ObjectStates, VOSNetwork
 from vostool.engine.transforms import Geometry, unpad_and_resize
 from vostool.errors import ModelError
 from vostool.models.checkpoint import load_exact_state
@@ -105,12 +106,11 @@ def test_normalisation_buffers_default_to_imagenet() -> None:
 def test_adapter_follows_the_released_eval_script(adapters) -> None:
     adapter = adapters["imnet"]
     assert isinstance(adapter, VOSNetwork)
-    prep = adapter.preprocessing
+    prep = adapter.settings.preprocessing
     # Native size, zero padding of the [0,1] image (the backbone normalises), re-padded memory masks.
     assert (prep.short_side, prep.stride, prep.mean, prep.std) == (None, 16, (0.0,) * 3, (1.0,) * 3)
     assert prep.zero_padded_memory_masks
-    schedule = adapter.schedule
-    assert (schedule.mem_every, schedule.include_last, schedule.max_frames) == (12, True, None)
+    assert adapter.settings.memory == EveryNthFrame(every=12, keep_previous=True, max_frames=None)
 
 
 # ------------------------------------------------------------------------------------ one memorise + segment
@@ -143,17 +143,17 @@ def _record_outputs(net: SITVOSNet) -> tuple[dict[str, torch.Tensor], list]:
 
 def _forward_case(adapter: SITVOSAdapter, case: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The official case through the adapter: memorise frame 0 with its one-hot, segment frame 1."""
-    geometry = Geometry.for_frame(FRAME_SIZE, adapter.preprocessing)
+    geometry = Geometry.for_frame(FRAME_SIZE, adapter.settings.preprocessing)
     frame0, frame1 = (F.pad(case[name], geometry.pad) for name in ("in_frame0", "in_frame1"))
     masks = F.pad(case["in_mask0_onehot"], geometry.pad)[0, 1:3].unsqueeze(1)  # objects 1 and 2
     captured, handles = _record_outputs(adapter.net)
     try:
         memory_query = adapter.encode_query(frame0)
         key = adapter.memory_key(memory_query)
-        value = adapter.encode_value(frame0, memory_query, masks)
+        value = adapter.encode_value(frame0, memory_query, masks, ObjectStates(len(masks)))
         query = adapter.encode_query(frame1)
         entry = MemoryEntry(0, key, value, (0, 1), pinned=True)
-        foreground = adapter.segment(query, MemoryView([entry], (0, 1), [[0, 1]]))
+        foreground = adapter.segment(query, MemoryView([entry], (0, 1), [[0, 1]]), ObjectStates(2))
     finally:
         for handle in handles:
             handle.remove()
@@ -212,9 +212,10 @@ def test_run_video_matches_official(adapters, name: str, variant: str, tolerance
     case = _case(name)
     adapter = adapters[variant]
     frames, first_mask = case["frames"].numpy(), case["first_mask"].numpy()
-    options = EngineOptions(mem_every=int(case["mem_every"][0]))
-    results = list(propagate(adapter, frames, {0: first_mask}, num_frames=len(frames), options=options))
-    geometry = Geometry.for_frame(frames.shape[1:3], adapter.preprocessing)
+    memory = adapter.settings.memory.with_overrides(int(case["mem_every"][0]), None)
+    adapter = SITVOSAdapter(adapter.net, adapter.device, settings_for("sitvos", memory=memory))
+    results = list(propagate(adapter, frames, {0: first_mask}, num_frames=len(frames)))
+    geometry = Geometry.for_frame(frames.shape[1:3], adapter.settings.preprocessing)
     for result, reference in zip(results[1:], case["probs"]):
         _assert_probabilities(unpad_and_resize(result.prob_padded, geometry), reference, tolerance.probability)
     labels = np.stack([r.labels for r in results])

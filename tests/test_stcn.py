@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SPEC, require
+from tests.conftest import SPEC, require, settings_for
 from vostool.engine.aggregate import aggregate
-from vostool.engine.protocol import MemoryEntry, MemoryView, VOSNetwork
+from vostool.engine.memory import EveryNthFrame
+from vostool.engine.protocol import MemoryEntry, MemoryView, ObjectStates, VOSNetwork
 from vostool.engine.readout import l2_affinity, topk_softmax
 from vostool.errors import ModelError
 from vostool.models.checkpoint import check_layout, expected_layout, load_checkpoint
@@ -136,10 +137,10 @@ def _segment_case_query(case: dict[str, torch.Tensor]) -> STCNQuery:
 def test_adapter_segment_matches_official(adapter) -> None:
     case = _case("case_segment")
     query = _segment_case_query(case)
-    prob = adapter.segment(query, _segment_case_memory(case, [0, 1]))
+    prob = adapter.segment(query, _segment_case_memory(case, [0, 1]), ObjectStates(2))
     _close(prob, case["prob_fg"], atol=1e-5)
     # A view over a subset of the objects reads only their rows (the affinity is shared).
-    prob_second = adapter.segment(query, _segment_case_memory(case, [1]))
+    prob_second = adapter.segment(query, _segment_case_memory(case, [1]), ObjectStates(2))
     _close(prob_second, case["prob_fg"][1:], atol=1e-5)
 
 
@@ -150,7 +151,7 @@ def test_adapter_reuses_the_cached_query_features(adapter) -> None:
     hook = adapter.net.key_encoder.register_forward_hook(lambda *_: key_encoder_runs.append(1))
     try:
         query = adapter.encode_query(case["frame"])
-        value = adapter.encode_value(case["frame"], query, case["masks"])
+        value = adapter.encode_value(case["frame"], query, case["masks"], ObjectStates(len(case["masks"])))
     finally:
         hook.remove()
     assert len(key_encoder_runs) == 1
@@ -160,24 +161,23 @@ def test_adapter_reuses_the_cached_query_features(adapter) -> None:
 
 
 def test_adapter_defaults_follow_the_official_generic_script(adapter) -> None:
-    assert adapter.top_k == 20
-    assert adapter.preprocessing.short_side == 480 and adapter.preprocessing.stride == 16
-    assert (adapter.schedule.mem_every, adapter.schedule.include_last) == (5, False)
-    assert adapter.schedule.max_frames is None
+    assert adapter.settings.top_k == 20
+    assert adapter.settings.preprocessing.short_side == 480 and adapter.settings.preprocessing.stride == 16
+    assert adapter.settings.memory == EveryNthFrame(every=5, keep_previous=False, max_frames=None)
 
 
 # ------------------------------------------------------------------------------------ whole clips
 
 
-def _run_clip(adapter: STCNAdapter, frames: np.ndarray, first_mask: np.ndarray, short_side: int):
+def _run_clip(adapter: STCNAdapter, frames: np.ndarray, first_mask: np.ndarray, short_side: int | None):
     core = pytest.importorskip("vostool.engine.core")
-    options = core.EngineOptions(short_side=short_side)
-    return list(core.propagate(adapter, frames, {0: first_mask}, num_frames=len(frames), options=options))
+    adapter = STCNAdapter(adapter.net, adapter.device, settings_for("stcn", short_side=short_side))
+    return list(core.propagate(adapter, frames, {0: first_mask}, num_frames=len(frames)))
 
 
 def test_davis_clip_matches_official(adapter) -> None:
     case = _case("case_clip")
-    results = _run_clip(adapter, case["frames"].numpy(), case["first_mask"].numpy(), short_side=0)
+    results = _run_clip(adapter, case["frames"].numpy(), case["first_mask"].numpy(), short_side=None)
     left, right, top, bottom = case["pad"].tolist()
     prob_padded = torch.stack([r.prob_padded for r in results], dim=1)
     _close(prob_padded, case["prob_padded"], atol=2e-5)
@@ -195,7 +195,7 @@ def test_generic_clip_matches_official(adapter) -> None:
     case = _case("case_clip_generic")
     frames = case["frames"].numpy()
     results = _run_clip(adapter, frames, case["first_mask"].numpy(), short_side=480)
-    geometry = transforms.Geometry.for_frame(frames.shape[1:3], adapter.preprocessing)
+    geometry = transforms.Geometry.for_frame(frames.shape[1:3], adapter.settings.preprocessing)
     assert geometry.resized == tuple(case["resized_size"].tolist())
     prob = torch.stack([transforms.unpad_and_resize(r.prob_padded, geometry) for r in results], dim=1)
     error = (prob - case["prob"]).abs()

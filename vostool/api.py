@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .engine.config import ModelSettings
 from .engine.protocol import VOSNetwork
 from .engine.transforms import long_side_capped, resized_size
 from .errors import InputError, OutputError, VostoolError, VostoolWarning
@@ -27,7 +28,7 @@ from .io.writers import AtomicFile, OverlayWriter, PaletteWriter, RleWriter
 from .models.registry import DEFAULT_MODEL, get_spec
 from .pipeline import segment_stream
 from .settings import RunSettings, SettingsError, validate_device_name
-from .tracker import Tracker
+from .tracker import Tracker, build_tracker
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -83,14 +84,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_network(
-    model: str, weights: str | Path | None, device: torch.device, *, offline: bool = False
+    model: str,
+    weights: str | Path | None,
+    device: torch.device,
+    settings: ModelSettings | None = None,
+    *,
+    offline: bool = False,
 ) -> VOSNetwork:
     """Build a registered model on ``device`` with ``weights``, or its default checkpoint: fetched when
-    needed, and checked against its registered or recorded hash even when it ships with the install."""
+    needed, and checked against its registered or recorded hash even when it ships with the install.
+    ``settings``: the merged settings (None: the model's defaults)."""
     from .weights import resolve_weights
 
     spec = get_spec(model)
-    return spec.build(resolve_weights(model, weights, offline=offline), device)
+    return spec.build(resolve_weights(model, weights, offline=offline), device, settings)
 
 
 def read_given_masks(
@@ -148,10 +155,12 @@ def segment(
     processed smaller than ``size`` asks (a very elongated video, see ``vostool.settings.MAX_ASPECT``)
     is reported with a :class:`vostool.errors.VostoolWarning`.
     """
-    settings = tracker.settings if tracker is not None else RunSettings(
-        size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
-        precision=precision, device=device,
-    )
+    if tracker is None:
+        run = RunSettings(
+            size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
+            precision=precision, device=device,
+        )
+        settings = get_spec(model).settings_for(run)  # a setting the model lacks fails before any input is read
     if out_dir is None and overlay is None and rle is None:
         raise VostoolError("no output requested: pass --out DIR, --overlay FILE.mp4 and/or --rle FILE.json")
     refuse_overwriting_inputs(
@@ -165,8 +174,7 @@ def segment(
         _check_ids_fit_png(given, mask, masks_dir)
     outputs = _Outputs(out_dir, overlay, rle, palette, source.fps)  # checks the masks folder, writes nothing yet
     if tracker is None:
-        torch_device = resolve_device(settings.device)
-        tracker = Tracker(load_network(model, weights, torch_device, offline=offline), model, torch_device, settings)
+        tracker = build_tracker(model, settings, run.device, weights, offline=offline)
     session = tracker.session(num_frames=len(source))
     _warn_if_downscaled(source, tracker)
 
@@ -178,7 +186,7 @@ def segment(
         input=str(input),
         model=tracker.model,
         device=str(tracker.device),
-        precision=settings.precision,
+        precision=tracker.settings.precision,
         frames=len(source),
         size=source.size,
         objects=list(session.object_ids),
@@ -202,7 +210,7 @@ def _check_ids_fit_png(given: dict[int, np.ndarray], mask: str | Path | None, ma
 
 
 def _warn_if_downscaled(source: FrameSource, tracker: Tracker) -> None:
-    short_side = tracker.options.preprocessing(tracker.network.preprocessing).short_side
+    short_side = tracker.settings.preprocessing.short_side
     if long_side_capped(source.size, short_side):
         height, width = resized_size(source.size, short_side)
         warnings.warn(

@@ -21,6 +21,7 @@ unless ``weights`` is given: speed does not depend on the values, accuracy does,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -39,7 +40,7 @@ from PIL import Image
 
 from . import __version__
 from .api import load_network, resolve_device
-from .engine.core import EngineOptions, VideoPropagator
+from .engine.core import VideoPropagator
 from .engine.protocol import VOSNetwork
 from .engine.timing import StageTimer
 from .tracker import PreparedFrame, Session, Tracker
@@ -222,9 +223,9 @@ def _bench_model(
     weights, kind, note = _weights_for(model, settings, workdir)
     log(f"{model}: loading ({kind} weights)")
     start = time.perf_counter()
-    network = load_network(model, weights, device)
+    network = load_network(model, weights, device, get_spec(model).settings_for(settings.run_settings()))
     load_seconds = time.perf_counter() - start
-    tracker = Tracker(network, model, device, settings.run_settings())
+    tracker = Tracker(network, model, device)
     # Growth runs come first: freed memory that the process keeps for reuse would hide the small
     # runs' growth behind the peak of the full-size runs.
     growth = []
@@ -370,8 +371,12 @@ def _growth_point(network: VOSNetwork, device: torch.device, settings: BenchSett
     short = settings.growth_size
     size = (short, _even(short * 16 / 9))
     scene = SyntheticScene(size, settings.objects, settings.seed)
-    options = EngineOptions(short_side=short, max_memory_frames=settings.max_memory_frames, precision=settings.precision)
-    propagator = VideoPropagator(network, size, length, device, options)
+    # An engine-level measurement at a size below what RunSettings allows: the network's settings
+    # (memory cap and precision merged already) at the growth size.
+    engine_settings = dataclasses.replace(
+        network.settings, preprocessing=dataclasses.replace(network.settings.preprocessing, short_side=short)
+    )
+    propagator = VideoPropagator(network, size, length, device, settings=engine_settings)
     given = {0: scene.labels(0)}
     probe = MemoryProbe(device)
     start = time.perf_counter()

@@ -49,7 +49,8 @@ class SettingsError(VostoolError):
 class RunSettings:
     """Overrides of a model's defaults; ``None`` keeps the model's own value.
 
-    ``size``: internal short side in pixels, or ``-1`` for native resolution.
+    ``size``: internal short side in pixels, or ``-1`` for native resolution. They are merged into a
+    model's defaults once, by :meth:`vostool.engine.config.ModelSettings.merged`.
     """
 
     size: int | None = None
@@ -67,11 +68,6 @@ class RunSettings:
         if self.precision not in PRECISIONS:
             raise SettingsError("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
         validate_device_name(self.device)
-
-    @property
-    def short_side(self) -> int | None:
-        """The engine's encoding: None keeps the model's default, 0 means native (see EngineOptions)."""
-        return 0 if self.size == NATIVE_SIZE else self.size
 
 
 def validate_size(size: int | None) -> None:

@@ -6,7 +6,7 @@
     >>> for result in session.track(frames, masks={0: first_labels}):
     ...     print(result.index, result.object_ids, result.labels.shape)
 
-A :class:`Tracker` holds a built network and the run settings; it is shared by any number of
+A :class:`Tracker` holds a built network with its settings; it is shared by any number of
 :class:`Session` s, each of which owns one video's memory bank, objects and per-object state, so
 videos never leak into each other (several sessions may even be stepped in turn, frame by frame).
 ``vostool.segment``, ``vostool eval --model`` and ``vostool bench`` all run on this API.
@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine.core import EngineOptions, StepResult, VideoPropagator
+from .engine.config import ModelSettings
+from .engine.core import StepResult, VideoPropagator
 from .engine.protocol import VOSNetwork
 from .errors import VostoolError
-from .settings import RunSettings, SettingsError
+from .settings import RunSettings
 
 Frame = np.ndarray | torch.Tensor
 
@@ -58,19 +59,17 @@ class FrameResult:
 
 
 class Tracker:
-    """A network on a device with validated settings. Build it with :func:`load`."""
+    """A network on a device, built with its settings (``network.settings``). Build it with :func:`load`."""
 
-    def __init__(self, network: VOSNetwork, model: str, device: torch.device, settings: RunSettings) -> None:
+    def __init__(self, network: VOSNetwork, model: str, device: torch.device) -> None:
         self.network = network
         self.model = model
         self.device = device
-        self.settings = settings
-        if settings.top_k is not None:
-            _set_top_k(network, model, settings.top_k)
-        self.options = EngineOptions(
-            short_side=settings.short_side, mem_every=settings.mem_every,
-            max_memory_frames=settings.max_memory_frames, precision=settings.precision,
-        )
+
+    @property
+    def settings(self) -> ModelSettings:
+        """The model's defaults with the user's overrides, as the network was built with them."""
+        return self.network.settings
 
     def session(self, num_frames: int | None = None) -> Session:
         """A new video. ``num_frames``, when known, lets the engine skip memorising the last frame."""
@@ -170,9 +169,7 @@ class Session:
         """The engine of this video, started by its first frame; later frames must have the same size."""
         if self._propagator is None:
             tracker = self.tracker
-            self._propagator = VideoPropagator(
-                tracker.network, frame_size, self.num_frames, tracker.device, tracker.options
-            )
+            self._propagator = VideoPropagator(tracker.network, frame_size, self.num_frames, tracker.device)
         elif frame_size != self._propagator.geometry.original:
             first = self._propagator.geometry.original
             raise VostoolError(
@@ -199,23 +196,25 @@ def load(
     Settings are validated before anything is loaded (:class:`~vostool.settings.SettingsError` names
     the parameter); a checkpoint is downloaded on first use unless ``offline`` (see ``vostool weights``).
     """
-    from .api import load_network, resolve_device
-    from .models.registry import DEFAULT_MODEL
+    from .models.registry import DEFAULT_MODEL, get_spec
 
-    model = model or DEFAULT_MODEL
-    settings = RunSettings(
+    run = RunSettings(
         size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
         precision=precision, device=device,
     )
-    torch_device = resolve_device(settings.device)
-    network = load_network(model, weights, torch_device, offline=offline)
-    return Tracker(network, model, torch_device, settings)
+    model = model or DEFAULT_MODEL
+    return build_tracker(model, get_spec(model).settings_for(run), run.device, weights, offline=offline)
 
 
-def _set_top_k(network: VOSNetwork, model: str, top_k: int) -> None:
-    if not hasattr(network, "top_k"):
-        raise SettingsError("top_k", top_k, f"model {model} has no top-k memory readout")
-    network.top_k = top_k
+def build_tracker(
+    model: str, settings: ModelSettings, device: str, weights: str | Path | None = None, *, offline: bool = False
+) -> Tracker:
+    """A :class:`Tracker` of ``model`` built with ``settings`` (the model's defaults merged with the
+    user's, :meth:`vostool.models.spec.ModelSpec.settings_for`) on ``device`` (a validated name)."""
+    from .api import load_network, resolve_device
+
+    torch_device = resolve_device(device)
+    return Tracker(load_network(model, weights, torch_device, settings, offline=offline), model, torch_device)
 
 
 def _label_map(labels: np.ndarray) -> np.ndarray:

@@ -5,13 +5,12 @@ share memory frames) -> merge given masks -> soft aggregation -> maybe write the
 reusing its query features as the key -> unpad, resize, argmax -> labels with the user's ids.
 
 Only the current frame and the memory bank live on the device; nothing grows with video length
-unless the schedule keeps every memory frame (official STCN behaviour; cap it with ``max_frames``).
+unless the memory policy keeps every memory frame (official STCN behaviour; cap it with ``max_frames``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -19,39 +18,13 @@ import numpy as np
 import torch
 
 from .aggregate import aggregate
-from .memory import MemoryBank
-from .protocol import MemoryEntry, MemorySchedule, Preprocessing, VOSNetwork
+from .config import ModelSettings
+from .memory import MemoryBank, MemoryEntry, Write
+from .protocol import ObjectStates, VOSNetwork
 from .timing import stage
 from .transforms import Geometry, clear_padding, preprocess_frame, preprocess_masks, unpad_and_resize
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """User-level overrides of a network's defaults. ``None`` keeps the network's own value.
-
-    ``short_side``: 0 or a negative number means native resolution.
-    """
-
-    short_side: int | None = None
-    mem_every: int | None = None
-    max_memory_frames: int | None = None
-    include_last: bool | None = None
-    precision: str = "fp32"
-
-    def preprocessing(self, prep: Preprocessing) -> Preprocessing:
-        if self.short_side is None:
-            return prep
-        return dataclasses.replace(prep, short_side=self.short_side if self.short_side > 0 else None)
-
-    def schedule(self, schedule: MemorySchedule) -> MemorySchedule:
-        changes = {
-            "mem_every": self.mem_every,
-            "max_frames": self.max_memory_frames,
-            "include_last": self.include_last,
-        }
-        return dataclasses.replace(schedule, **{k: v for k, v in changes.items() if v is not None})
 
 
 @dataclass
@@ -66,7 +39,12 @@ class StepResult:
 
 
 class VideoPropagator:
-    """Segments one video frame by frame. Create one per video; call :meth:`step` in frame order."""
+    """Segments one video frame by frame. Create one per video; call :meth:`step` in frame order.
+
+    Pre-processing, memory policy and precision come from ``network.settings``; ``settings`` replaces
+    them for engine-level measurements (``vostool bench`` runs its memory-growth clips smaller). The
+    network's own readout (top-k) is not affected by it.
+    """
 
     def __init__(
         self,
@@ -74,17 +52,20 @@ class VideoPropagator:
         frame_size: tuple[int, int],
         num_frames: int | None,
         device: torch.device | str = "cpu",
-        options: EngineOptions = EngineOptions(),
+        *,
+        settings: ModelSettings | None = None,
     ) -> None:
         self.network = network
         self.device = torch.device(device)
-        self.prep = options.preprocessing(network.preprocessing)
+        settings = settings or network.settings
+        self.prep = settings.preprocessing
         self.geometry = Geometry.for_frame(frame_size, self.prep)
-        self.bank = MemoryBank(options.schedule(network.schedule))
+        self.bank = MemoryBank(settings.memory)
+        self.states = ObjectStates()  # slot -> the network's per-object state
         self.num_frames = num_frames
         self.object_ids: list[int] = []  # slot -> user id
         self.label_dtype = np.uint8
-        self.autocast_dtype = PRECISIONS[options.precision]
+        self.autocast_dtype = PRECISIONS[settings.precision]
         self.t = 0
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -104,6 +85,7 @@ class VideoPropagator:
         slot = self.object_ids.index(object_id)
         del self.object_ids[slot]
         self.bank.remove_slot(slot)
+        self.states.remove_slot(slot)
 
     @torch.inference_mode()
     def preprocess(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -146,13 +128,16 @@ class VideoPropagator:
             return
         if given.dtype != np.uint8:
             self.label_dtype = given.dtype
-        self.object_ids.extend(int(i) for i in np.unique(given) if i != 0 and int(i) not in self.object_ids)
+        for obj_id in (int(i) for i in np.unique(given) if i != 0):
+            if obj_id not in self.object_ids:
+                self.object_ids.append(obj_id)
+                self.states.add_object()
 
     def _read_memory(self, query) -> torch.Tensor:
         hp, wp = self.geometry.padded
         fg = torch.zeros(len(self.object_ids), 1, hp, wp, device=self.device)
         for view in self.bank.views(list(range(len(self.object_ids)))):
-            fg[list(view.objects)] = self.network.segment(query, view).to(fg.dtype)
+            fg[list(view.objects)] = self.network.segment(query, view, self.states).to(fg.dtype)
         return fg
 
     def _merge_given(self, fg: torch.Tensor, given: np.ndarray) -> torch.Tensor:
@@ -167,17 +152,17 @@ class VideoPropagator:
         return fg
 
     def _maybe_memorize(self, t: int, image, query, prob: torch.Tensor, annotated: bool) -> None:
-        kind = "permanent" if annotated else self.bank.due(t)
-        if kind is None:
+        write = Write.PERMANENT if annotated else self.bank.due(t)
+        if write is Write.NONE:
             return
         masks = prob[1:]
         if self.prep.zero_padded_memory_masks:
             masks = clear_padding(masks, self.geometry)
         with self._autocast():
-            values = self.network.encode_value(image, query, masks)
+            values = self.network.encode_value(image, query, masks, self.states)
             key = self.network.memory_key(query)
         entry = MemoryEntry(t, key, values, tuple(range(len(self.object_ids))), pinned=annotated)
-        self.bank.add(entry, permanent=kind == "permanent")
+        self.bank.add(entry, write)
 
     def _labels(self, probabilities: torch.Tensor) -> np.ndarray:
         index = probabilities.argmax(dim=0).cpu().numpy()
@@ -198,15 +183,15 @@ def propagate(
     *,
     num_frames: int | None = None,
     device: torch.device | str = "cpu",
-    options: EngineOptions = EngineOptions(),
 ) -> Iterator[StepResult]:
     """Segment a stream of RGB frames given label maps for some frames (at least one).
 
     ``masks[t]`` introduces the objects of frame t (DAVIS / YouTube-VOS semantics). ``num_frames``
     lets the engine skip writing the last frame to memory; without it every due frame is written.
+    The network's own settings (``network.settings``) apply.
     """
     propagator: VideoPropagator | None = None
     for t, frame in enumerate(frames):
         if propagator is None:
-            propagator = VideoPropagator(network, frame.shape[:2], num_frames, device, options)
+            propagator = VideoPropagator(network, frame.shape[:2], num_frames, device)
         yield propagator.step(frame, masks.get(t))

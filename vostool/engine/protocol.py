@@ -1,113 +1,90 @@
 """The small protocol every network implements to run inside the streaming engine.
 
 The engine (``vostool.engine.core``) owns everything that is the same for every method: reading,
-pre-processing, the memory bank and its schedule, soft aggregation, post-processing and writing.
-A network only answers four questions:
+pre-processing, the memory bank and its policy, per-object state, soft aggregation, post-processing
+and writing. A network carries its :class:`~vostool.engine.config.ModelSettings` as ``settings``
+(pre-processing, memory policy and precision are the engine's to apply) and answers four questions:
 
-* ``encode_query(image)``: features of the current frame, computed exactly once per frame. They are
-  used to segment the frame and, if the frame later enters memory, reused as its memory key
+* ``encode_query(image) -> Q``: features of the current frame, computed exactly once per frame. They
+  are used to segment the frame and, if the frame later enters memory, reused as its memory key
   (the "cached key" of STCN; for SimVOS the patch tokens).
-* ``memory_key(query)``: the part of the query features that is stored when the frame enters memory.
-* ``encode_value(image, query, masks)``: what is stored per object when the frame enters memory.
-  ``masks`` are the soft aggregated probabilities of the objects, ``(K, 1, H, W)``.
-* ``segment(query, memory)``: foreground probabilities ``(K, 1, H, W)`` of the objects in
+* ``memory_key(query) -> K``: the part of the query features that is stored when the frame enters memory.
+* ``encode_value(image, query, masks, state) -> V``: what is stored per object when the frame enters
+  memory. ``masks`` are the soft aggregated probabilities of the objects, ``(K, 1, H, W)``.
+* ``segment(query, memory, state)``: foreground probabilities ``(K, 1, H, W)`` of the objects in
   ``memory.objects``, read from the memory entries given.
 
+``state`` is the engine's :class:`ObjectStates`: one slot per tracked object, ``None`` when the object
+appears and dropped when it is removed (the slots above it move down, as its memory rows do). A network
+may read and replace the state of the objects it is given (``memory.objects`` in ``segment``, every
+object ``0..K-1`` in ``encode_value``) on every frame; the engine never looks inside. This is where
+recurrent per-object memory lives:
+
+* JointFormer's compressed memory token: ``segment`` reads it and writes the decoder's update,
+  ``encode_value`` reads it (None: the learned initial token) and writes it after reading the frame.
+* XMem's sensory memory (a per-object hidden state the decoder updates on every frame) maps the same
+  way: ``segment`` reads the hidden state (None: zeros) and writes the updated one, and
+  ``encode_value`` may refresh it with the value encoder's features. Cutie's object memory likewise.
+* SAM 2's per-object memory: the object pointers are state (``segment`` appends the frame's pointer,
+  keeping the newest N), while its per-object mask memory is ordinary memory entries whose value rows
+  follow the objects, so each object reads its own rows through :class:`MemoryView` (``rows``), and
+  objects added on later frames read only the entries that hold them.
+
 Images reaching a network are normalised, resized and padded: ``(1, 3, H, W)`` with H and W multiples
-of ``network.stride``. Probabilities are at the same padded size.
+of ``settings.preprocessing.stride``. Probabilities are at the same padded size.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 
+from .config import ModelSettings, Preprocessing
+from .memory import MemoryEntry, MemoryView
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """How frames are turned into network input. One instance per model family."""
+__all__ = ["MemoryEntry", "MemoryView", "ModelSettings", "ObjectStates", "Preprocessing", "VOSNetwork"]
 
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    # Internal short side in pixels, or None for native size. Resizing happens on the normalised
-    # float tensor (`resize_mode`, align_corners=False, no antialias), as the official STCN/SimVOS
-    # (bicubic) and JointFormer (bilinear) code does; the long side is int(size * long / short).
-    # A frame whose short side already equals `short_side` is left untouched.
-    short_side: int | None = 480
-    stride: int = 16  # pad H and W up to a multiple of this, centred, zeros in normalised space
-    resize_mode: str = "bicubic"
-    # True for official loops that crop a prediction to the frame and pad it again with zeros before
-    # memorising it (STM-style, SITVOS): the masks encode_value sees are then zero in the padding.
-    # False keeps the network's own prediction there (STCN and SimVOS work at the padded size).
-    zero_padded_memory_masks: bool = False
+Q = TypeVar("Q")  # a network's query features (one frame)
+K = TypeVar("K")  # its memory key
+V = TypeVar("V")  # its per-object memory values
+S = TypeVar("S")  # its per-object recurrent state
 
 
-@dataclass(frozen=True)
-class MemorySchedule:
-    """Which frames enter memory.
+class ObjectStates(Generic[S]):
+    """Per-object state owned by the engine: slot -> value, ``None`` until a network sets one."""
 
-    ``mem_every``: a frame t is written when ``t - last_written >= mem_every`` (None: never, apart from
-    frames with given masks, which are always written and pinned). ``include_last``: the most recent
-    frame is kept in a one-frame temporary slot that every write replaces (SimVOS's "previous frame").
-    ``max_frames``: cap on permanent entries; pinned entries stay, the oldest unpinned ones are dropped.
-    The last frame of a video is never written (nothing reads it).
+    def __init__(self, count: int = 0) -> None:
+        self._values: list[S | None] = [None] * count
 
-    ``keep_temporary``: the XMem-style store (JointFormer). A permanent write leaves the temporary
-    slot as it is (it may then hold a frame older than the newest permanent one), and a due frame
-    that finds ``max_frames`` reached with nothing droppable (every entry pinned) goes to the
-    temporary slot instead of being discarded.
-    """
+    def __len__(self) -> int:
+        return len(self._values)
 
-    mem_every: int | None = 5
-    include_last: bool = False
-    max_frames: int | None = None
-    keep_temporary: bool = False
+    def get(self, slot: int) -> S | None:
+        return self._values[slot]
 
+    def __setitem__(self, slot: int, value: S) -> None:
+        self._values[slot] = value
 
-@dataclass
-class MemoryEntry:
-    """One frame in memory: its cached key and one value row per object it holds."""
+    def add_object(self) -> None:
+        """A new object takes the next slot, with no state yet (engine only)."""
+        self._values.append(None)
 
-    frame_index: int
-    key: Any
-    values: Any  # model-specific, first axis = object (rows follow `objects`)
-    objects: tuple[int, ...]  # object slots (engine-wide indices) of the value rows
-    pinned: bool = False
-
-
-@dataclass
-class MemoryView:
-    """What ``segment`` reads: the entries that hold every object in ``objects``.
-
-    ``rows[i]`` gives, for entry i, the row indices of ``objects`` in that entry's values, so
-    ``entry.values[rows[i]]`` are the values of exactly these objects in this order.
-    """
-
-    entries: list[MemoryEntry]
-    objects: tuple[int, ...]
-    rows: list[list[int]] = field(default_factory=list)
-
-    def values(self, i: int) -> Any:
-        v = self.entries[i].values
-        r = self.rows[i]
-        if r == list(range(len(self.entries[i].objects))):
-            return v
-        return v[r]
+    def remove_slot(self, slot: int) -> None:
+        """Drop ``slot``'s state; higher slots move down by one (engine only)."""
+        del self._values[slot]
 
 
 @runtime_checkable
-class VOSNetwork(Protocol):
+class VOSNetwork(Protocol[Q, K, V, S]):
     """A segmentation network as the engine sees it (see module docstring)."""
 
-    preprocessing: Preprocessing
-    schedule: MemorySchedule
+    settings: ModelSettings
 
-    def encode_query(self, image: torch.Tensor) -> Any: ...
+    def encode_query(self, image: torch.Tensor) -> Q: ...
 
-    def memory_key(self, query: Any) -> Any: ...
+    def memory_key(self, query: Q) -> K: ...
 
-    def encode_value(self, image: torch.Tensor, query: Any, masks: torch.Tensor) -> Any: ...
+    def encode_value(self, image: torch.Tensor, query: Q, masks: torch.Tensor, state: ObjectStates[S]) -> V: ...
 
-    def segment(self, query: Any, memory: MemoryView) -> torch.Tensor: ...
+    def segment(self, query: Q, memory: MemoryView[K, V], state: ObjectStates[S]) -> torch.Tensor: ...

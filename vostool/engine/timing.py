@@ -128,10 +128,6 @@ def stage(name: str, *, sync: bool = True) -> _Span | _NoStage:
     return _Span(timer, name, sync)
 
 
-def current_timer() -> StageTimer | None:
-    return _timer.get()
-
-
 def carry_to_thread(fn: Callable[[], Any]) -> Callable[[], Any]:
     """Wrap a thread's target so that it reports to the timer active here, outside any open stage."""
     context = contextvars.copy_context()

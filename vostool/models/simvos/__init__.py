@@ -4,11 +4,18 @@ Every URL and number here is copied from ``shared/spec/simvos/SPEC.md``, which q
 repository (jimmy-dq/SimVOS). The publisher states no file sizes or hashes.
 """
 
+from vostool.engine.config import ModelSettings, Preprocessing
+from vostool.engine.memory import FirstAndPrevious
 from vostool.models.spec import GOOGLE_DRIVE, CheckpointSpec, ModelSpec
 
 _LICENCE = "not stated for the weights; code at https://github.com/jimmy-dq/SimVOS"
 _PAPER = "SimVOS (ICCV 2023)"
 _ADAPTER = "vostool.models.simvos.adapter"
+# Every variant: memory = the annotated frame (pinned) + the previous frame. The official DAVIS
+# evaluation runs on 480p frames as stored, and its YouTube-VOS loader resizes the short side to 480:
+# short side 480 is a no-op on 480p input and gives other videos the token grid (about 30 x 54) the
+# released checkpoints were evaluated at. Patches are 16 pixels.
+DEFAULTS = ModelSettings(preprocessing=Preprocessing(short_side=480, stride=16), memory=FirstAndPrevious())
 
 
 def _drive_file(file_id: str) -> str:
@@ -22,6 +29,7 @@ SPECS = (
         paper=_PAPER,
         builder=f"{_ADAPTER}:build_simvos_b",
         layout_fn=f"{_ADAPTER}:layout_simvos_b",
+        defaults=DEFAULTS,
         checkpoints=(
             CheckpointSpec(
                 name="simvos-b",
@@ -47,6 +55,7 @@ SPECS = (
         paper=_PAPER,
         builder=f"{_ADAPTER}:build_simvos_l",
         layout_fn=f"{_ADAPTER}:layout_simvos_l",
+        defaults=DEFAULTS,
         checkpoints=(
             CheckpointSpec(
                 name="simvos-l",
@@ -70,6 +79,7 @@ SPECS = (
         paper=_PAPER,
         builder=f"{_ADAPTER}:build_simvos_bs",
         layout_fn=f"{_ADAPTER}:layout_simvos_bs",
+        defaults=DEFAULTS,
         checkpoints=(
             CheckpointSpec(
                 name="simvos-bs",

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import torch
 
-from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
+from vostool.engine.config import ModelSettings
+from vostool.engine.protocol import MemoryView, ObjectStates
 from vostool.models.checkpoint import check_layout, expected_layout, load_checkpoint
+from vostool.models.common import NetworkAdapter
 from vostool.models.layers import resize_position_table
+from vostool.models.simvos import DEFAULTS
 from vostool.models.simvos.network import (
     PATCH,
     TABLE_GRID,
@@ -41,7 +44,7 @@ class QueryFeatures:
     early: torch.Tensor | None = None
 
 
-class SimVOSAdapter:
+class SimVOSAdapter(NetworkAdapter):
     """SimVOS as a :class:`~vostool.engine.protocol.VOSNetwork`.
 
     Memory is the annotated frame (pinned) plus the previous frame with its own soft probabilities;
@@ -50,15 +53,12 @@ class SimVOSAdapter:
     entry's key, shared by all objects), the 768-token template for BS.
     """
 
-    def __init__(self, net: SimVOSNet, device: str | torch.device, short_side: int | None = 480) -> None:
-        self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
-        # The official DAVIS evaluation runs on 480p frames as stored, and its YouTube-VOS loader
-        # resizes the short side to 480: short_side=480 is a no-op on 480p input and gives other
-        # videos the token grid (about 30 x 54) the released checkpoints were evaluated at.
-        self.preprocessing = Preprocessing(short_side=short_side, stride=PATCH)
-        # Memory = the annotated frame (pinned) + the previous frame in the temporary slot.
-        self.schedule = MemorySchedule(mem_every=None, include_last=True)
+    defaults = DEFAULTS
+
+    def __init__(
+        self, net: SimVOSNet, device: str | torch.device = "cpu", settings: ModelSettings | None = None
+    ) -> None:
+        super().__init__(net, device, settings)
         self._positions: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
@@ -89,7 +89,9 @@ class SimVOSAdapter:
         return None if self.config.within_frame_layers else query.patches
 
     @torch.inference_mode()
-    def encode_value(self, image: torch.Tensor, query: QueryFeatures, masks: torch.Tensor) -> torch.Tensor:
+    def encode_value(
+        self, image: torch.Tensor, query: QueryFeatures, masks: torch.Tensor, state: ObjectStates[None]
+    ) -> torch.Tensor:
         masks = masks.to(self.device)
         mask_tokens = self.net.mask_patch_embed(masks)  # (K, N, C)
         if not self.config.refines_tokens:
@@ -99,7 +101,7 @@ class SimVOSAdapter:
         fg, bg = guidance_weights(masks, query.grid)
         return self.net.prototypes(tokens.reshape(len(masks), *query.grid, -1), fg, bg)
 
-    def input_tokens(self, query: QueryFeatures, memory: MemoryView) -> torch.Tensor:
+    def input_tokens(self, query: QueryFeatures, memory: MemoryView[torch.Tensor | None, torch.Tensor]) -> torch.Tensor:
         """Per-object sequences [reference 0, reference 1, ..., query] entering the joint blocks."""
         count = len(memory.objects)
         if self.config.within_frame_layers:
@@ -110,7 +112,12 @@ class SimVOSAdapter:
         return x + self.positions(query.grid).repeat(len(references) + 1, 1)
 
     @torch.inference_mode()
-    def segment(self, query: QueryFeatures, memory: MemoryView) -> torch.Tensor:
+    def segment(
+        self,
+        query: QueryFeatures,
+        memory: MemoryView[torch.Tensor | None, torch.Tensor],
+        state: ObjectStates[None],
+    ) -> torch.Tensor:
         if not memory.entries:
             raise ValueError("SimVOS needs at least one reference frame in memory")
         x = self.input_tokens(query, memory)
@@ -161,15 +168,14 @@ def build_simvos(
     variant: str,
     weights: str | Path | None,
     device: str | torch.device = "cpu",
-    *,
-    short_side: int | None = 480,
+    settings: ModelSettings | None = None,
 ) -> SimVOSAdapter:
     """SimVOS-B / -L / -BS ready for the engine, with weights from a released checkpoint file.
 
     ``weights`` is a file written by ``torch.save(model.state_dict())``, read with
     ``weights_only=True``; ``None`` keeps PyTorch's random initialisation (only useful for tests and
     timing). A file that is not a checkpoint of ``variant`` raises :class:`~vostool.errors.ModelError`.
-    ``short_side`` sets the internal resolution (None: native size).
+    ``settings``: None for the official defaults (:data:`vostool.models.simvos.DEFAULTS`).
     """
     device = torch.device(device)
     variant_config(variant)  # an unknown name is reported before the file is read
@@ -177,7 +183,7 @@ def build_simvos(
         net = build_network(variant)
     else:
         net = network_from_state(variant, load_checkpoint(weights, map_location="cpu"), weights, device)
-    return SimVOSAdapter(net, device, short_side=short_side)
+    return SimVOSAdapter(net, device, settings)
 
 
 def checkpoint_layout(variant: str) -> dict[str, tuple[int, ...]]:
@@ -207,16 +213,22 @@ def checkpoint_layout(variant: str) -> dict[str, tuple[int, ...]]:
 # The registry's builders and layouts: one per variant, each with the signature of every model's.
 
 
-def build_simvos_b(weights: str | Path | None = None, device: str | torch.device = "cpu") -> SimVOSAdapter:
-    return build_simvos("simvos-b", weights, device)
+def build_simvos_b(
+    weights: str | Path | None = None, device: str | torch.device = "cpu", settings: ModelSettings | None = None
+) -> SimVOSAdapter:
+    return build_simvos("simvos-b", weights, device, settings)
 
 
-def build_simvos_l(weights: str | Path | None = None, device: str | torch.device = "cpu") -> SimVOSAdapter:
-    return build_simvos("simvos-l", weights, device)
+def build_simvos_l(
+    weights: str | Path | None = None, device: str | torch.device = "cpu", settings: ModelSettings | None = None
+) -> SimVOSAdapter:
+    return build_simvos("simvos-l", weights, device, settings)
 
 
-def build_simvos_bs(weights: str | Path | None = None, device: str | torch.device = "cpu") -> SimVOSAdapter:
-    return build_simvos("simvos-bs", weights, device)
+def build_simvos_bs(
+    weights: str | Path | None = None, device: str | torch.device = "cpu", settings: ModelSettings | None = None
+) -> SimVOSAdapter:
+    return build_simvos("simvos-bs", weights, device, settings)
 
 
 def layout_simvos_b() -> dict[str, tuple[int, ...]]:

@@ -6,27 +6,20 @@ from pathlib import Path
 
 import torch
 
-from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
+from vostool.engine.config import ModelSettings
+from vostool.engine.protocol import MemoryView, ObjectStates
 from vostool.engine.timing import stage
 from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state
+from vostool.models.common import NetworkAdapter
+from vostool.models.sitvos import SPEC
 from vostool.models.sitvos.network import SITVOSNet, SITVOSQuery
-
-MEM_EVERY = 12  # the released eval script's Mem_every
-STRIDE = 16
-# As the official DAVIS loop: native resolution; frames enter un-normalised because the backbone's
-# own mean/std buffers normalise them after padding (identity normalisation here); the previous
-# prediction is cropped to the frame and padded with zeros again before it is memorised.
-OFFICIAL_PREPROCESSING = Preprocessing(
-    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), short_side=None, stride=STRIDE, zero_padded_memory_masks=True
-)
-
 
 # --------------------------------------------------------------------------------------------
 # Engine adapter
 # --------------------------------------------------------------------------------------------
 
 
-class SITVOSAdapter:
+class SITVOSAdapter(NetworkAdapter):
     """:class:`~vostool.engine.protocol.VOSNetwork` for SITVOS (official DAVIS ``Run_video`` procedure).
 
     Memory keys are ``W_K(r4)`` ``(1,128,h,w)``, values the per-object mask embeddings ``(N,128,h,w)``.
@@ -39,11 +32,7 @@ class SITVOSAdapter:
     loop cannot do) are handled by the engine's per-object memory views.
     """
 
-    def __init__(self, net: SITVOSNet, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
-        self.preprocessing = OFFICIAL_PREPROCESSING
-        self.schedule = MemorySchedule(mem_every=MEM_EVERY, include_last=True, max_frames=None)
+    defaults = SPEC.defaults
 
     @torch.no_grad()
     def encode_query(self, image: torch.Tensor) -> SITVOSQuery:
@@ -54,12 +43,16 @@ class SITVOSAdapter:
         return self.net.memory_key(query.r4)
 
     @torch.no_grad()
-    def encode_value(self, image: torch.Tensor, query: SITVOSQuery, masks: torch.Tensor) -> torch.Tensor:
+    def encode_value(
+        self, image: torch.Tensor, query: SITVOSQuery, masks: torch.Tensor, state: ObjectStates[None]
+    ) -> torch.Tensor:
         # The frame's own r4 gives the key (memory_key); the value depends on the masks alone.
         return self.net.mask_embedding(masks.to(self.device))
 
     @torch.no_grad()
-    def segment(self, query: SITVOSQuery, memory: MemoryView) -> torch.Tensor:
+    def segment(
+        self, query: SITVOSQuery, memory: MemoryView[torch.Tensor, torch.Tensor], state: ObjectStates[None]
+    ) -> torch.Tensor:
         """Foreground probabilities ``(N, 1, H, W)`` of ``memory.objects``."""
         if not memory.entries:
             raise ValueError("SITVOS cannot segment a frame with an empty memory")
@@ -75,7 +68,9 @@ class SITVOSAdapter:
 # --------------------------------------------------------------------------------------------
 
 
-def build(weights: str | Path | None = None, device: str | torch.device = "cpu") -> SITVOSAdapter:
+def build(
+    weights: str | Path | None = None, device: str | torch.device = "cpu", settings: ModelSettings | None = None
+) -> SITVOSAdapter:
     """SITVOS ready for the engine, with weights from a checkpoint file (``model.state_dict()``).
 
     ``weights=None`` keeps PyTorch's random initialisation: only useful for tests and timing.
@@ -84,7 +79,7 @@ def build(weights: str | Path | None = None, device: str | torch.device = "cpu")
     net = SITVOSNet()
     if weights is not None:
         load_exact_state(net, load_checkpoint(weights, map_location="cpu"), "SITVOS", weights)
-    return SITVOSAdapter(net, device)
+    return SITVOSAdapter(net, device, settings)
 
 
 def checkpoint_layout() -> dict[str, tuple[int, ...]]:

@@ -5,6 +5,8 @@ repository (hkchengrex/STCN). The publisher states no file sizes or hashes: the 
 records its own hash (see :mod:`vostool.weights.cache`).
 """
 
+from vostool.engine.config import ModelSettings, Preprocessing
+from vostool.engine.memory import EveryNthFrame
 from vostool.models.spec import GOOGLE_DRIVE, CheckpointSpec, ModelSpec
 
 _LICENCE = "not stated for the weights; code at https://github.com/hkchengrex/STCN"
@@ -16,6 +18,11 @@ SPEC = ModelSpec(
     paper="STCN (NeurIPS 2021)",
     builder="vostool.models.stcn.adapter:build",
     layout_fn="vostool.models.stcn.adapter:checkpoint_layout",
+    # The official generic-video script: short side 480, a memory frame every 5th frame, top-k 20.
+    # DAVIS evaluation runs at native resolution (size -1).
+    defaults=ModelSettings(
+        preprocessing=Preprocessing(short_side=480, stride=16), memory=EveryNthFrame(every=5), top_k=20
+    ),
     checkpoints=(
         CheckpointSpec(
             name="stcn-s012",

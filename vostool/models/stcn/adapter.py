@@ -7,17 +7,15 @@ from pathlib import Path
 
 import torch
 
-from vostool.engine.protocol import MemorySchedule, MemoryView, Preprocessing
+from vostool.engine.config import ModelSettings
+from vostool.engine.protocol import MemoryView, ObjectStates
 from vostool.engine.readout import topk_l2_readout
 from vostool.engine.timing import stage
 from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state, pad_input_channel
-from vostool.models.common import TopKAdapter
+from vostool.models.common import NetworkAdapter
+from vostool.models.stcn import SPEC
 from vostool.models.stcn.network import VALUE_DIM, STCNNet
 
-TOP_K = 20
-MEM_EVERY = 5
-SHORT_SIDE = 480
-STRIDE = 16
 _STAGE0_CONV1 = "value_encoder.conv1.weight"
 
 
@@ -32,18 +30,15 @@ class STCNQuery:
     f4: torch.Tensor  # (1, 256, 4h, 4w)
 
 
-class STCNAdapter(TopKAdapter):
+class STCNAdapter(NetworkAdapter):
     """:class:`~vostool.engine.protocol.VOSNetwork` for STCN.
 
     Memory keys are k16 ``(1, 64, h, w)``; memory values are ``(K, 512, h, w)`` per entry (the
-    official time axis is dropped, the engine stores one frame per entry). Defaults are those of the
-    official generic-video script: short side 480, memory every 5th frame, no last-frame memory,
-    top-k 20. DAVIS evaluation uses native resolution (``short_side=None``).
+    official time axis is dropped, the engine stores one frame per entry). Defaults: the spec's (the
+    official generic-video script).
     """
 
-    default_preprocessing = Preprocessing(short_side=SHORT_SIDE, stride=STRIDE)
-    default_schedule = MemorySchedule(mem_every=MEM_EVERY, include_last=False, max_frames=None)
-    default_top_k = TOP_K
+    defaults = SPEC.defaults
 
     @torch.no_grad()
     def encode_query(self, image: torch.Tensor) -> STCNQuery:
@@ -53,18 +48,22 @@ class STCNAdapter(TopKAdapter):
         return query.k16
 
     @torch.no_grad()
-    def encode_value(self, image: torch.Tensor, query: STCNQuery, masks: torch.Tensor) -> torch.Tensor:
+    def encode_value(
+        self, image: torch.Tensor, query: STCNQuery, masks: torch.Tensor, state: ObjectStates[None]
+    ) -> torch.Tensor:
         # The cached f16 is reused: the key encoder runs once per frame, as in the official core.
         value = self.net.encode_value(image.to(self.device), query.f16, masks.to(self.device))
         return value.squeeze(2)
 
     @torch.no_grad()
-    def segment(self, query: STCNQuery, memory: MemoryView) -> torch.Tensor:
+    def segment(
+        self, query: STCNQuery, memory: MemoryView[torch.Tensor, torch.Tensor], state: ObjectStates[None]
+    ) -> torch.Tensor:
         """Foreground probabilities ``(K, 1, H, W)`` of ``memory.objects``."""
         mem_key, mem_value = _concat_memory(memory)
         _, _, h, w = query.k16.shape
         with stage("memory_readout"):
-            readout = topk_l2_readout(mem_key, mem_value, query.k16[0].flatten(start_dim=1), self.top_k)
+            readout = topk_l2_readout(mem_key, mem_value, query.k16[0].flatten(start_dim=1), self.settings.top_k)
         readout = readout.view(readout.shape[0], VALUE_DIM, h, w)
         with stage("decoding"):
             return self.net.decode(readout, query.f16_thin, query.f8, query.f4)
@@ -96,7 +95,9 @@ def load_stcn_state(net: STCNNet, state: dict[str, torch.Tensor], path: str | Pa
     load_exact_state(net, pad_stage0_conv1(state), "STCN", path)
 
 
-def build(weights: str | Path | None = None, device: str | torch.device = "cpu") -> STCNAdapter:
+def build(
+    weights: str | Path | None = None, device: str | torch.device = "cpu", settings: ModelSettings | None = None
+) -> STCNAdapter:
     """STCN ready for the engine, with weights from a released checkpoint file.
 
     ``weights=None`` keeps PyTorch's random initialisation: only useful for tests and timing.
@@ -105,7 +106,7 @@ def build(weights: str | Path | None = None, device: str | torch.device = "cpu")
     net = STCNNet()
     if weights is not None:
         load_stcn_state(net, load_checkpoint(weights, map_location="cpu"), weights)
-    return STCNAdapter(net, device)
+    return STCNAdapter(net, device, settings)
 
 
 def checkpoint_layout() -> dict[str, tuple[int, ...]]:
