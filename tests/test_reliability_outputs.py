@@ -22,7 +22,10 @@ from typer.testing import CliRunner
 import vostool
 import vostool.api
 import vostool.pipeline
+import torch
+
 from tests.test_engine import ColourMatcher
+from vostool.tracker import Tracker
 from vostool.cli import app
 from vostool.errors import OutputError
 from vostool.export import export_results, import_rle
@@ -35,6 +38,11 @@ from vostool.io.writers import OverlayWriter, PaletteWriter, RleWriter
 runner = CliRunner()
 SIZE = (64, 96)
 FRAMES = 10
+
+
+def tiny_tracker() -> Tracker:
+    """The ColourMatcher on the CPU, as a tracker for ``segment`` / ``segment_davis``."""
+    return Tracker(ColourMatcher(), "colour-matcher", torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -214,12 +222,12 @@ def test_failed_overlay_keeps_every_old_output_of_the_run(tmp_path, monkeypatch,
     """The video is checked before anything moves: its failure keeps the old masks and RLE file too."""
     mask = make_clip(tmp_path / "clip")
     outputs = dict(out_dir=tmp_path / "masks", overlay=tmp_path / "overlay.mp4", rle=tmp_path / "masks.json")
-    vostool.segment(tmp_path / "clip", mask, network=ColourMatcher(), device="cpu", **outputs)
+    vostool.segment(tmp_path / "clip", mask, tracker=tiny_tracker(), **outputs)
     before = snapshot(tmp_path)
     make_clip(tmp_path / "clip2", shift=-2)  # a different run: its outputs would differ
     _frame_count_off_by_one(tmp_path, monkeypatch)
     with pytest.raises(OutputError, match="decodes to"):
-        vostool.segment(tmp_path / "clip2", mask, network=ColourMatcher(), device="cpu", **outputs)
+        vostool.segment(tmp_path / "clip2", mask, tracker=tiny_tracker(), **outputs)
     after = snapshot(tmp_path)
     assert {k: v for k, v in after.items() if not k.startswith("clip2")} == before
     assert temp_entries(tmp_path) == []
@@ -393,7 +401,7 @@ class Interrupt(KeyboardInterrupt):
 def test_interrupt_mid_run_keeps_old_outputs_and_leaves_no_temp(tmp_path, inline_writes, at_frame):
     mask = make_clip(tmp_path / "clip")
     outputs = dict(out_dir=tmp_path / "masks", overlay=tmp_path / "ov.mp4", rle=tmp_path / "masks.json")
-    vostool.segment(tmp_path / "clip", mask, network=ColourMatcher(), device="cpu", **outputs)
+    vostool.segment(tmp_path / "clip", mask, tracker=tiny_tracker(), **outputs)
     relabel(mask, 2)
     before = snapshot(tmp_path)
 
@@ -402,7 +410,7 @@ def test_interrupt_mid_run_keeps_old_outputs_and_leaves_no_temp(tmp_path, inline
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        vostool.segment(tmp_path / "clip", mask, network=ColourMatcher(), device="cpu", progress=progress,
+        vostool.segment(tmp_path / "clip", mask, tracker=tiny_tracker(), progress=progress,
                         **outputs)
     assert snapshot(tmp_path) == before
     assert temp_entries(tmp_path) == []
@@ -414,7 +422,7 @@ def test_interrupt_during_the_commit_rolls_every_output_back(tmp_path, monkeypat
     """An interrupt just before or just after any rename of the swap: all old outputs come back."""
     mask = make_clip(tmp_path / "clip")
     outputs = dict(out_dir=tmp_path / "masks", overlay=tmp_path / "ov.mp4", rle=tmp_path / "masks.json")
-    vostool.segment(tmp_path / "clip", mask, network=ColourMatcher(), device="cpu", **outputs)
+    vostool.segment(tmp_path / "clip", mask, tracker=tiny_tracker(), **outputs)
     relabel(mask, 2)
     before = snapshot(tmp_path)
     real_rename, calls = os.rename, []
@@ -429,7 +437,7 @@ def test_interrupt_during_the_commit_rolls_every_output_back(tmp_path, monkeypat
 
     monkeypatch.setattr(staging.os, "rename", interrupted_rename)
     with pytest.raises(Interrupt):
-        vostool.segment(tmp_path / "clip", mask, network=ColourMatcher(), device="cpu", **outputs)
+        vostool.segment(tmp_path / "clip", mask, tracker=tiny_tracker(), **outputs)
     monkeypatch.undo()
     assert len(calls) > rename  # the commit of 3 outputs makes 6 renames; each one was hit
     assert snapshot(tmp_path) == before
@@ -485,7 +493,7 @@ def test_eval_model_interrupt_between_sequences_keeps_the_previous_results(tmp_p
     from vostool.eval.predict import segment_davis
 
     root, results = make_davis(tmp_path / "davis"), tmp_path / "results"
-    segment_davis(root, results, network=ColourMatcher(), device="cpu")
+    segment_davis(root, results, tracker=tiny_tracker())
     relabel(root / "Annotations" / "480p" / "a" / "00000.png", 2)
     before = snapshot(tmp_path)
 
@@ -494,7 +502,7 @@ def test_eval_model_interrupt_between_sequences_keeps_the_previous_results(tmp_p
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        segment_davis(root, results, network=ColourMatcher(), device="cpu", on_sequence=on_sequence)
+        segment_davis(root, results, tracker=tiny_tracker(), on_sequence=on_sequence)
     assert snapshot(tmp_path) == before
     assert temp_entries(tmp_path) == []
 
@@ -621,7 +629,7 @@ def test_a_run_removes_stale_temp_files_of_dead_writers_only(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     cases = _stale_cases(out)
-    vostool.segment(tmp_path / "clip", mask, network=ColourMatcher(), device="cpu", out_dir=out / "masks",
+    vostool.segment(tmp_path / "clip", mask, tracker=tiny_tracker(), out_dir=out / "masks",
                     overlay=out / "ov.mp4")
     left = {p.name for p in out.iterdir()}
     assert {name for name, removed in cases.items() if not removed} <= left
