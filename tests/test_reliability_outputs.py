@@ -19,13 +19,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+import torch
+
 import vostool
 import vostool.api
 import vostool.pipeline
-import torch
-
 from tests.test_engine import ColourMatcher
-from vostool.tracker import Tracker
 from vostool.cli import app
 from vostool.errors import OutputError
 from vostool.export import export_results, import_rle
@@ -33,6 +32,7 @@ from vostool.io import staging
 from vostool.io.frames import open_frames
 from vostool.io.palette import DAVIS_PALETTE
 from vostool.io.staging import MASK_FOLDER, RESULTS_FOLDER, VIDEO_FOLDER, StagedFolder, host_tag, remove_stale_temps
+from vostool.tracker import Tracker
 from vostool.io.writers import OverlayWriter, PaletteWriter, RleWriter
 
 runner = CliRunner()
