@@ -71,8 +71,9 @@ class PropagateLite0Adapter(NetworkAdapter):
     def segment(
         self, query: LiteQuery, memory: MemoryView[torch.Tensor, torch.Tensor], state: ObjectStates[None]
     ) -> torch.Tensor:
-        keys = torch.stack([e.key for e in memory.entries])
-        values = torch.stack([memory.values(i) for i in range(len(memory.entries))])  # (T, K, h, w)
+        # Per-frame lists, not stacked: the readout reads each memory frame where it lies (no copy).
+        keys = [e.key for e in memory.entries]
+        values = [memory.values(i) for i in range(len(memory.entries))]  # T x (K, h, w)
         s = self.propagation
         with stage("memory_readout"):
             read = local_topk_readout(
