@@ -18,6 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.helpers import assert_one_line_error, leftover_temp_files, write_frames
 from vostool.bench import (
     SCHEMA,
     SYNTHETIC_NOTE,
@@ -152,9 +153,7 @@ def test_bench_text_output_names_both_speeds():
 )
 def test_bench_errors_are_one_line(args, fragment):
     result = runner.invoke(app, ["bench", "--device", "cpu", "-q", "--frames", "2", "--no-growth", *args])
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and fragment in result.output, result.output
+    assert_one_line_error(result, fragment)
 
 
 def test_synthetic_weights_are_deterministic_and_fit_the_layout():
@@ -316,10 +315,8 @@ def test_failed_segment_leaves_no_partial_outputs(tmp_path):
     from PIL import Image
 
     frames = tmp_path / "frames"
-    frames.mkdir()
     scene = SyntheticScene((32, 48), 1)
-    for t in range(6):
-        Image.fromarray(scene.frame(t)).save(frames / f"{t:05d}.png")
+    write_frames(frames, [scene.frame(t) for t in range(6)])
     Image.fromarray(scene.labels(0) * 1).save(tmp_path / "mask.png")
     # Corrupt frame 4 after the header check: the folder opens fine and fails while decoding.
     data = (frames / "00004.png").read_bytes()
@@ -328,4 +325,4 @@ def test_failed_segment_leaves_no_partial_outputs(tmp_path):
     with pytest.raises(VostoolError, match="00004"):
         vostool.segment(frames, tmp_path / "mask.png", out_dir=tmp_path / "masks", overlay=overlay, device="cpu", size=32)
     assert not overlay.exists()
-    assert not list(tmp_path.rglob(".tmp-*"))
+    assert leftover_temp_files(tmp_path) == []

@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.conftest import REPO_ROOT
+from tests.helpers import assert_one_line_error, leftover_temp_files, paint_boxes, save_palette_png, write_frames
 from vostool.cli import app
 from vostool.io.frames import open_frames
 from vostool.io.masks import read_rle_video
-from vostool.io.palette import DAVIS_PALETTE
 from vostool.io.writers import OverlayWriter
 
 runner = CliRunner()
 FAST = ["--size", "128", "--device", "cpu", "--quiet"]  # a small internal size keeps the test quick
-
-
-def save_palette_png(path: Path, labels: np.ndarray) -> None:
-    image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette(DAVIS_PALETTE)
-    image.save(path)
 
 
 @pytest.fixture(scope="module")
@@ -32,19 +29,15 @@ def clip(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("clip")
     rng = np.random.default_rng(0)
     background = (rng.random((64, 96, 3)) * 80).astype(np.uint8)
-    frames_dir = root / "frames"
-    frames_dir.mkdir()
     frames, labels = [], []
     for t in range(8):
-        img, lab = background.copy(), np.zeros((64, 96), np.uint8)
         x = 10 + 3 * t
-        img[10:34, x : x + 24] = (230, 60, 40)
-        lab[10:34, x : x + 24] = 1
-        img[40:60, 60 - 2 * t : 84 - 2 * t] = (40, 200, 230)
-        lab[40:60, 60 - 2 * t : 84 - 2 * t] = 5
-        Image.fromarray(img).save(frames_dir / f"img_{t}.png")
+        img, lab = paint_boxes(background, [(np.s_[10:34, x : x + 24], (230, 60, 40), 1),
+                                            (np.s_[40:60, 60 - 2 * t : 84 - 2 * t], (40, 200, 230), 5)])
         frames.append(img)
         labels.append(lab)
+    frames_dir = root / "frames"
+    write_frames(frames_dir, frames, names=[f"img_{t}" for t in range(8)])
     mask = root / "mask.png"
     save_palette_png(mask, labels[0])
     video = root / "clip.mp4"
@@ -76,7 +69,7 @@ def test_segment_folder_writes_every_output(clip, tmp_path):
     decoded = list(read_rle_video(rle))
     assert [name for name, _ in decoded] == [f"img_{t}" for t in range(8)]
     np.testing.assert_array_equal(decoded[3][1], np.array(Image.open(pngs[3])))
-    assert not list(tmp_path.rglob(".tmp-*"))
+    assert leftover_temp_files(tmp_path) == []
 
 
 def test_segment_video_names_frames_by_number(clip, tmp_path):
@@ -100,13 +93,21 @@ def run_error(args: list[str]) -> tuple[int, str]:
 
 
 def expect_error(args: list[str], *fragments: str) -> None:
-    code, output = run_error(args)
-    assert code == 2, output
-    assert "Traceback" not in output
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    for fragment in fragments:
-        assert fragment in output, output
+    assert_one_line_error(runner.invoke(app, args), *fragments)
+
+
+def test_entry_point_process_reports_an_error_in_one_line(tmp_path, clip):
+    """A real process running the console script's ``main`` (the other tests use CliRunner in-process):
+    exit code 2, one line on stderr naming the file, nothing on stdout."""
+    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    command = [sys.executable, "-c", "from vostool.cli import main; main()",
+               "segment", str(tmp_path / "nope.mp4"), "-m", str(clip["mask"]), "-o", str(tmp_path / "o")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "nope.mp4" in lines[0], done.stderr
 
 
 def test_error_missing_input(tmp_path, clip):
@@ -184,7 +185,7 @@ def test_failed_run_leaves_no_partial_video(tmp_path, clip):
     save_palette_png(blank, np.zeros((64, 96), np.uint8))
     run_error(["segment", str(clip["dir"]), "-m", str(blank), "--overlay", str(overlay)])
     assert overlay.read_bytes() == b"previous result"
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert leftover_temp_files(tmp_path) == []
 
 
 def test_masks_dir_introduces_objects_on_later_frames(clip, tmp_path):

@@ -6,38 +6,27 @@ runs on them, and the label PNGs it writes are compared with the labels the offi
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import SPEC, require
+from tests.conftest import parity_fixtures
+from tests.helpers import read_label_pngs, save_palette_png, spec_case, write_frames
 from vostool.cli import app
-from vostool.io.palette import DAVIS_PALETTE
 
 runner = CliRunner()
+
+# The released checkpoints' layouts, saved like released files.
+stcn_weights = parity_fixtures("stcn", layout="checkpoint_layout", file="stcn_weights").file
+simvos_b_weights = parity_fixtures(
+    "simvos", variant="simvos-b", layout="checkpoint_layout", file="simvos_b_weights"
+).file
 
 
 def write_case(tmp_path, frames: np.ndarray, first_mask: np.ndarray):
     frames_dir = tmp_path / "frames"
-    frames_dir.mkdir()
-    for t, frame in enumerate(frames):
-        Image.fromarray(frame).save(frames_dir / f"{t:05d}.png")
-    mask = Image.fromarray(first_mask, mode="P")
-    mask.putpalette(DAVIS_PALETTE)
-    mask.save(tmp_path / "mask.png")
-    return frames_dir, tmp_path / "mask.png"
-
-
-def save_synth_weights(synthweights, tmp_path, manifest_path, variant=None):
-    manifest = json.loads(require(manifest_path).read_text())
-    layout = manifest["variants"][variant]["checkpoint_layout"] if variant else manifest["checkpoint_layout"]
-    path = tmp_path / "weights.pth"
-    torch.save(synthweights.synth_state_dict(layout, seed=0), path)
-    return path
+    write_frames(frames_dir, frames)
+    return frames_dir, save_palette_png(tmp_path / "mask.png", first_mask)
 
 
 def run_segment(frames_dir, mask, weights, model, extra=()):
@@ -48,27 +37,25 @@ def run_segment(frames_dir, mask, weights, model, extra=()):
          "--out", str(out), "--device", "cpu", "--quiet", *extra],
     )
     assert result.exit_code == 0, result.output
-    return np.stack([np.array(Image.open(p)) for p in sorted(out.glob("*.png"))])
+    return read_label_pngs(out)
 
 
 @pytest.mark.slow
-def test_stcn_cli_matches_official_generic_path(synthweights, tmp_path):
-    case = np.load(require(SPEC / "stcn" / "case_clip_generic.npz"))
+def test_stcn_cli_matches_official_generic_path(stcn_weights, tmp_path):
+    case = spec_case("stcn", "case_clip_generic", tensors=False)
     frames_dir, mask = write_case(tmp_path, case["frames"], case["first_mask"])
-    weights = save_synth_weights(synthweights, tmp_path, SPEC / "stcn" / "manifest.json")
-    labels = run_segment(frames_dir, mask, weights, "stcn")  # segment's default = the generic path, 480p
+    labels = run_segment(frames_dir, mask, stcn_weights, "stcn")  # segment's default = the generic path, 480p
     expected, margin = case["labels"], case["margin"]
     differ = labels != expected
     assert differ.mean() <= 1e-3  # README: at least 99.9 % equal
     assert (margin[differ] < 1e-2).all()  # ... and only where the official top-2 margin is small
 
 
-def test_simvos_cli_matches_official_clip(synthweights, tmp_path):
-    case = np.load(require(SPEC / "simvos" / "case_clip.npz"))
+def test_simvos_cli_matches_official_clip(simvos_b_weights, tmp_path):
+    case = spec_case("simvos", "case_clip", tensors=False)
     frames_dir, mask = write_case(tmp_path, case["frames"], case["first_mask"])
-    weights = save_synth_weights(synthweights, tmp_path, SPEC / "simvos" / "manifest.json", "simvos-b")
     # The official DAVIS evaluation runs at the stored size: --size -1
-    labels = run_segment(frames_dir, mask, weights, "simvos-b", ["--size", "-1"])
+    labels = run_segment(frames_dir, mask, simvos_b_weights, "simvos-b", ["--size", "-1"])
     probs = np.sort(case["probs"], axis=1)
     margin = probs[:, -1] - probs[:, -2]
     differ = labels != case["labels"]

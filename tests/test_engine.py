@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import paint_boxes
 from vostool.engine.aggregate import aggregate
 from vostool.engine.config import ModelSettings
 from vostool.engine.core import VideoPropagator, propagate
@@ -147,17 +148,15 @@ class ColourMatcher(torch.nn.Module):
 
 
 def moving_squares(n: int, size=(48, 64)) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    frames, labels = [], []
-    for t in range(n):
-        img = np.full((*size, 3), 40, np.uint8)
-        lab = np.zeros(size, np.uint8)
-        img[8:24, 8 + 8 * (t % 3) : 24 + 8 * (t % 3)] = (250, 20, 20)
-        lab[8:24, 8 + 8 * (t % 3) : 24 + 8 * (t % 3)] = 7
-        img[32:40, 40:56] = (20, 250, 20)
-        lab[32:40, 40:56] = 3
-        frames.append(img)
-        labels.append(lab)
-    return frames, labels
+    """A red square (id 7) moving right by 8 pixels, back to the start every 3rd frame, and a resting green
+    bar (id 3), on grey."""
+    background = np.full((*size, 3), 40, np.uint8)
+    clip = [
+        paint_boxes(background, [(np.s_[8:24, 8 + 8 * (t % 3) : 24 + 8 * (t % 3)], (250, 20, 20), 7),
+                                 (np.s_[32:40, 40:56], (20, 250, 20), 3)])
+        for t in range(n)
+    ]
+    return [frame for frame, _ in clip], [labels for _, labels in clip]
 
 
 def test_engine_tracks_objects_and_keeps_their_ids():

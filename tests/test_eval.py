@@ -13,6 +13,7 @@ from PIL import Image
 from rich.console import Console
 
 from tests.conftest import DAVIS_MINI, EVAL_VECTORS, require
+from tests.helpers import save_palette_png, write_davis
 from vostool.errors import InputError, OutputError
 from vostool.eval import METRIC_KEYS, evaluate_davis, report_table
 from vostool.eval.metrics import boundary_f, boundary_radius, decay_limits, frame_scores, jaccard, summarise
@@ -36,24 +37,18 @@ TOLERANCE = 1e-6
 # ---------------------------------------------------------------- helpers: tiny DAVIS folders
 
 
+# Colours unlike DAVIS's: the evaluator must read the PNGs' indices, never their colours.
+SCRAMBLED_PALETTE = [value for index in range(256) for value in (index, 255 - index, (index * 7) % 256)]
+
+
 def write_labels(path: Path, labels: np.ndarray) -> None:
     """An indexed (palette) PNG holding ``labels``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(labels.astype(np.uint8))
-    image.putpalette([value for index in range(256) for value in (index, 255 - index, (index * 7) % 256)])
-    image.save(path)
+    save_palette_png(path, labels, SCRAMBLED_PALETTE)
 
 
 def make_davis(root: Path, sequences: dict[str, np.ndarray], subset: str = "val") -> Path:
     """DAVIS layout under ``root/davis`` with the given label stacks (T, H, W) as ground truth."""
-    davis = root / "davis"
-    for name, stack in sequences.items():
-        for t, labels in enumerate(stack):
-            write_labels(davis / "Annotations" / "480p" / name / f"{t:05d}.png", labels)
-    listing = davis / "ImageSets" / "2017" / f"{subset}.txt"
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("".join(f"{name}\n" for name in sequences))
-    return davis
+    return write_davis(root / "davis", sequences, subset=subset, palette=SCRAMBLED_PALETTE)
 
 
 def write_results(root: Path, sequences: dict[str, np.ndarray], skip_edges: bool = False) -> Path:

@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from typer.testing import CliRunner
 
 from tests.conftest import DAVIS_MINI, EVAL_VECTORS, require
+from tests.helpers import paint_boxes, write_davis
 from vostool.cli import app
-from vostool.io.palette import DAVIS_PALETTE
 
 runner = CliRunner()
 
@@ -43,22 +42,15 @@ def test_eval_needs_results_or_model(tmp_path):
 
 def _tiny_davis(root: Path) -> Path:
     """Two 4-frame DAVIS-layout sequences of a yellow box sliding over a grey background."""
+    images, annotations = {}, {}
     for seq, shift in (("a", 2), ("b", -2)):
-        (root / "JPEGImages" / "480p" / seq).mkdir(parents=True)
-        (root / "Annotations" / "480p" / seq).mkdir(parents=True)
+        images[seq], annotations[seq] = [], []
         for t in range(4):
-            img = np.full((64, 96, 3), 30, np.uint8)
-            lab = np.zeros((64, 96), np.uint8)
             x = 40 + shift * t
-            img[16:48, x : x + 24] = (240, 200, 40)
-            lab[16:48, x : x + 24] = 1
-            Image.fromarray(img).save(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", quality=95)
-            mask = Image.fromarray(lab, mode="P")
-            mask.putpalette(DAVIS_PALETTE)
-            mask.save(root / "Annotations" / "480p" / seq / f"{t:05d}.png")
-    (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text("a\nb\n")
-    return root
+            img, lab = paint_boxes(np.full((64, 96, 3), 30, np.uint8), [(np.s_[16:48, x : x + 24], (240, 200, 40), 1)])
+            images[seq].append(img)
+            annotations[seq].append(lab)
+    return write_davis(root, annotations, images)
 
 
 def test_eval_with_model_segments_then_scores(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.helpers import assert_one_line_error, leftover_temp_files, write_frames
 from vostool.cli import app
 from vostool.errors import InputError
 from vostool.export import archive_name, export_results, find_sequences, import_rle, read_frames_list
@@ -66,7 +67,7 @@ def test_davis_and_mose_zip_sequences_at_the_archive_root(results, tmp_path, fmt
     assert set(entries) == {f"{seq}/{name}.png" for seq, name in results["truth"]}
     for (seq, name), truth in results["truth"].items():
         np.testing.assert_array_equal(png_labels(entries[f"{seq}/{name}.png"]), truth)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert leftover_temp_files(tmp_path) == []
 
 
 def test_youtube_vos_keeps_only_the_frames_of_meta_json(results, tmp_path):
@@ -101,7 +102,7 @@ def test_youtube_vos_missing_listed_frame_fails_without_writing(results, tmp_pat
     out = tmp_path / "yt.zip"
     with pytest.raises(InputError, match="00020"):
         export_results(results["root"], "youtube-vos", out, frames_list=listing)
-    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+    assert not out.exists() and leftover_temp_files(tmp_path) == []
 
 
 @pytest.mark.parametrize("bad_video", ["..", "/etc", "a/../../b", "C:evil"])
@@ -181,14 +182,11 @@ def test_rle_import_names_cannot_escape_and_nothing_is_written(tmp_path, bad_nam
 
 
 def make_frames(folder: Path, count: int, shade: int) -> list[np.ndarray]:
-    folder.mkdir(parents=True)
-    frames = []
-    for t in range(count):
-        frame = np.full((*SIZE, 3), shade, np.uint8)
-        frame[:, : SIZE[1] // 2] = (shade // 2, shade, 255 - shade)
-        Image.fromarray(frame).save(folder / f"{5 * t:05d}.jpg", quality=100)
-        frames.append(np.array(Image.open(folder / f"{5 * t:05d}.jpg")))
-    return frames
+    """``count`` two-tone JPEG frames named like the results (00000, 00005, ...), as decoded from disk."""
+    frame = np.full((*SIZE, 3), shade, np.uint8)
+    frame[:, : SIZE[1] // 2] = (shade // 2, shade, 255 - shade)
+    paths = write_frames(folder, [frame] * count, names=[f"{5 * t:05d}" for t in range(count)], suffix=".jpg", quality=100)
+    return [np.array(Image.open(path)) for path in paths]
 
 
 def check_overlay(video: Path, frames: list[np.ndarray], masks: list[np.ndarray | None]) -> None:
@@ -265,7 +263,4 @@ def test_default_output_goes_next_to_the_results(results):
     ],
 )
 def test_cli_errors_are_one_line(results, args, fragment):
-    result = runner.invoke(app, ["export", str(results["root"]), *args])
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and fragment in result.output and "Traceback" not in result.output
+    assert_one_line_error(runner.invoke(app, ["export", str(results["root"]), *args]), fragment)

@@ -14,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_api
 
 from tests.conftest import DAVIS_MINI, require
+from tests.helpers import gradient_frames, leftover_temp_files, write_frames
 from vostool.errors import InputError, OutputError
 from vostool.io import (
     DAVIS_PALETTE,
@@ -36,18 +37,6 @@ H, W = 48, 64
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def gradient_frames(count: int, height: int = H, width: int = W) -> list[np.ndarray]:
-    """Smooth, distinct frames: a lossy codec keeps them close to the original."""
-    ys, xs = np.mgrid[0:height, 0:width]
-    frames = []
-    for t in range(count):
-        red = (xs * 255 // max(width - 1, 1) + 7 * t) % 256
-        green = ys * 255 // max(height - 1, 1)
-        blue = np.full_like(xs, 40 + 15 * t)
-        frames.append(np.stack([red, green, blue], axis=-1).astype(np.uint8))
-    return frames
 
 
 def two_objects(height: int = H, width: int = W) -> np.ndarray:
@@ -87,10 +76,6 @@ def write_json(path: Path, data) -> Path:
 def rle_of(binary: np.ndarray) -> dict:
     rle = mask_api.encode(np.asfortranarray(binary.astype(np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def leftover_temp_files(folder: Path) -> list[str]:
-    return [entry.name for entry in folder.iterdir() if entry.name.startswith(".tmp-")]
 
 
 # ----------------------------------------------------------------------------------------- palette
@@ -146,8 +131,7 @@ def test_folder_frames_natural_order_and_conversions(tmp_path):
 
 
 def test_folder_jpeg_frames(tmp_path):
-    for index, frame in enumerate(gradient_frames(3)):
-        Image.fromarray(frame).save(tmp_path / f"{index:05d}.jpg", quality=95)
+    write_frames(tmp_path, gradient_frames(3), suffix=".jpg", quality=95)
     source = open_frames(str(tmp_path))
     assert source.names == ["00000", "00001", "00002"]
     assert np.abs(next(iter(source)).astype(int) - gradient_frames(1)[0]).mean() < 3
