@@ -152,3 +152,18 @@ def test_no_memory_frame_or_mismatched_key_is_refused():
         local_topk_readout([], [], query, **settings)
     with pytest.raises(ValueError, match="shaped like the query key"):
         local_topk_readout(keys[:, :, :5], values[:, :, :5], query, **settings)
+
+
+def test_scratch_kept_from_inference_mode_serves_calls_outside_it():
+    readout._workspace.__dict__.clear()  # the first call below allocates the scratch, in inference mode
+    torch.manual_seed(0)
+    keys = F.normalize(torch.randn(2, 6, 9, 10), dim=1)
+    values = torch.rand(2, 2, 9, 10)
+    query = F.normalize(torch.randn(6, 9, 10), dim=0)
+    with torch.inference_mode():
+        inside = local_topk_readout(keys, values, query, top_k=5, radius=2, temperature=0.1)
+    outside = local_topk_readout(keys, values, query, top_k=5, radius=2, temperature=0.1)
+    with torch.inference_mode():
+        again = local_topk_readout(keys, values, query, top_k=5, radius=2, temperature=0.1)
+    torch.testing.assert_close(inside, outside, rtol=0, atol=0)
+    torch.testing.assert_close(again, outside, rtol=0, atol=0)

@@ -200,7 +200,10 @@ def _reusable(name: str, size: int, like: torch.Tensor) -> torch.Tensor:
         return like.new_empty(size)
     kept = getattr(_workspace, name, None)
     if kept is None or kept.numel() < size or kept.dtype != like.dtype:
-        kept = like.new_empty(size)
+        # A normal tensor even when called in inference mode: an inference tensor could not be written
+        # by a later call made outside it (and a normal one may be written inside it).
+        with torch.inference_mode(False):
+            kept = torch.empty(size, dtype=like.dtype, device=like.device)
         setattr(_workspace, name, kept)
     return kept[:size]
 
