@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import SPEC, require, settings_for
+from tests.conftest import SPEC, parity_fixtures, require, settings_for
 from vostool.engine.aggregate import aggregate
 from vostool.engine.core import propagate
 from vostool.engine.memory import MemoryBank
@@ -46,23 +46,7 @@ def _tensors(case: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in case.items() if v.dtype.kind != "U"}
 
 
-@pytest.fixture(scope="module")
-def manifest(synthweights) -> dict:
-    return synthweights.load_manifest(require(JOINTFORMER_SPEC / "manifest.json"))
-
-
-@pytest.fixture(scope="module")
-def synth_file(synthweights, manifest, tmp_path_factory) -> Path:
-    """The synthetic weights the vectors were made with, saved like a released checkpoint."""
-    state = synthweights.synth_state_dict(manifest["eval_network_layout"], seed=0)
-    path = tmp_path_factory.mktemp("jointformer") / "jointformer_synthetic.pth"
-    torch.save(state, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def synth_state(synth_file) -> dict[str, torch.Tensor]:
-    return torch.load(synth_file, weights_only=True)
+manifest, synth_state, synth_file = parity_fixtures("jointformer")
 
 
 @pytest.fixture(scope="module")

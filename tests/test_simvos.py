@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import SPEC, require, settings_for
+from tests.conftest import SPEC, parity_fixtures, require, settings_for
 from vostool.engine.aggregate import aggregate
 from vostool.engine.core import propagate
 from vostool.engine.memory import FirstAndPrevious
@@ -44,22 +44,7 @@ def _layout(manifest: dict, variant: str) -> dict:
     return manifest["variants"][variant]["checkpoint_layout"]
 
 
-@pytest.fixture(scope="module")
-def manifest(synthweights) -> dict:
-    return synthweights.load_manifest(require(SIMVOS_SPEC / "manifest.json"))
-
-
-@pytest.fixture(scope="module")
-def synth_b(synthweights, manifest) -> dict[str, torch.Tensor]:
-    return synthweights.synth_state_dict(_layout(manifest, "simvos-b"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def synth_file(synth_b, tmp_path_factory):
-    """The synthetic weights saved like a released checkpoint (a bare state_dict)."""
-    path = tmp_path_factory.mktemp("simvos") / "simvos_synthetic.pth"
-    torch.save(synth_b, path)
-    return path
+manifest, synth_b, synth_file = parity_fixtures("simvos", variant="simvos-b", layout="checkpoint_layout", state="synth_b")
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +58,9 @@ def simvos_bs(synth_file) -> SimVOSAdapter:
     return build_simvos("simvos-bs", synth_file, "cpu", settings_for("simvos-bs", short_side=None))
 
 
-@pytest.fixture(scope="module")
-def synth_l(synthweights, manifest) -> dict[str, torch.Tensor]:
-    return synthweights.synth_state_dict(_layout(manifest, "simvos-l"), seed=0)
+synth_l = parity_fixtures(
+    "simvos", variant="simvos-l", layout="checkpoint_layout", manifest="_manifest_l", state="synth_l", file="synth_l_file"
+).state
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import SPEC, require, settings_for
+from tests.conftest import SPEC, parity_fixtures, require, settings_for
 from vostool.engine.aggregate import aggregate, aggregate_logits
 from vostool.engine.core import propagate
 from vostool.engine.memory import EveryNthFrame
@@ -56,14 +56,7 @@ def _assert_relative(name: str, actual: torch.Tensor, expected: torch.Tensor, to
     assert error <= tolerance, f"{name}: relative error {error:.3g} > {tolerance:g}"
 
 
-@pytest.fixture(scope="module")
-def manifest(synthweights) -> dict:
-    return synthweights.load_manifest(require(SITVOS_SPEC / "manifest.json"))
-
-
-@pytest.fixture(scope="module")
-def synth_state(synthweights, manifest) -> dict[str, torch.Tensor]:
-    return synthweights.synth_state_dict(manifest["eval_network_layout"], seed=0)
+manifest, synth_state, synth_file = parity_fixtures("sitvos")
 
 
 def _imagenet_buffers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

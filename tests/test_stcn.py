@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import SPEC, require, settings_for
+from tests.conftest import SPEC, parity_fixtures, require, settings_for
 from vostool.engine.aggregate import aggregate
 from vostool.engine.memory import EveryNthFrame
 from vostool.engine.protocol import MemoryEntry, MemoryView, ObjectStates, VOSNetwork
@@ -36,14 +36,7 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: floa
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
 
 
-@pytest.fixture(scope="module")
-def manifest(synthweights) -> dict:
-    return synthweights.load_manifest(require(STCN_SPEC / "manifest.json"))
-
-
-@pytest.fixture(scope="module")
-def synth_state(synthweights, manifest) -> dict[str, torch.Tensor]:
-    return synthweights.synth_state_dict(manifest["eval_network_layout"], seed=0)
+manifest, synth_state, synth_file = parity_fixtures("stcn")
 
 
 @pytest.fixture(scope="module")

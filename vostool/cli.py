@@ -23,7 +23,7 @@ from rich.table import Table
 from . import __version__
 from .errors import VostoolError, VostoolWarning
 from .models.registry import DEFAULT_MODEL, MODELS
-from .settings import SettingsError
+from .settings import RunSettings, SettingsError
 
 app = typer.Typer(
     name="vostool",
@@ -236,6 +236,9 @@ def eval_command(
         if model is not None:
             from .eval.predict import segment_davis
 
+            settings = RunSettings(size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
+                                   precision=precision, device=device)  # validated before anything is read
+
             results = results or Path("vostool-results") / f"{model}-davis{year}-{subset}"
             with frame_progress("segment", quiet) as progress:
                 def announce(name: str, index: int, total: int) -> None:
@@ -243,9 +246,8 @@ def eval_command(
                         progress.describe(f"[{index + 1}/{total}] {name}")
 
                 segment_davis(
-                    davis, results, subset=subset, year=year, on_sequence=announce, model=model,
-                    weights=weights, device=device, size=size, precision=precision, mem_every=mem_every,
-                    top_k=top_k, max_memory_frames=max_memory_frames, offline=offline, progress=progress,
+                    davis, results, subset=subset, year=year, on_sequence=announce, progress=progress,
+                    model=model, weights=weights, offline=offline, settings=settings,
                 )
             if not quiet:
                 err.print(f"results written to {results}")

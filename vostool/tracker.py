@@ -190,15 +190,18 @@ def load(
     mem_every: int | None = None,
     top_k: int | None = None,
     max_memory_frames: int | None = None,
+    settings: RunSettings | None = None,
 ) -> Tracker:
     """Build ``model`` (default: the offline default model) on ``device`` once, for any number of videos.
 
     Settings are validated before anything is loaded (:class:`~vostool.settings.SettingsError` names
     the parameter); a checkpoint is downloaded on first use unless ``offline`` (see ``vostool weights``).
+    ``settings``: a :class:`~vostool.settings.RunSettings` already made (the CLI's), instead of the
+    ``device`` ... ``max_memory_frames`` arguments.
     """
     from .models.registry import DEFAULT_MODEL, get_spec
 
-    run = RunSettings(
+    run = settings or RunSettings(
         size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
         precision=precision, device=device,
     )
