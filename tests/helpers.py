@@ -129,8 +129,9 @@ def spec_case(model: str, name: str, tensors: bool = True) -> dict:
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def assert_one_line_error(result: Result, *fragments: str) -> None:
-    """A CLI run that failed the documented way: exit code 2, one line holding every fragment, no traceback."""
+def assert_one_line_error(result: Result, *fragments: str) -> str:
+    """A CLI run that failed the documented way: exit code 2, one line holding every fragment, no traceback.
+    Returns that output."""
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
@@ -138,3 +139,4 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
     assert len(lines) == 1, result.output
     for fragment in fragments:
         assert fragment in result.output, result.output
+    return result.output

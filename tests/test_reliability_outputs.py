@@ -32,6 +32,7 @@ from vostool.io import staging
 from vostool.io.frames import open_frames
 from vostool.io.palette import DAVIS_PALETTE
 from vostool.io.staging import MASK_FOLDER, RESULTS_FOLDER, VIDEO_FOLDER, StagedFolder, host_tag, remove_stale_temps
+from tests.helpers import assert_one_line_error
 from vostool.tracker import Tracker
 from vostool.io.writers import OverlayWriter, PaletteWriter, RleWriter
 
@@ -124,14 +125,7 @@ def inline_writes(monkeypatch):
 
 
 def expect_exit_2(args: list[str], *fragments: str) -> str:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
-    return result.output
+    return assert_one_line_error(runner.invoke(app, args), *fragments)
 
 
 def run_ok(args: list[str]) -> None:

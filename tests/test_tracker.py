@@ -12,19 +12,14 @@ from PIL import Image
 
 import vostool
 from tests.conftest import SPEC, require
+from tests.helpers import save_palette_png, write_frames
 from vostool.errors import VostoolError
-from vostool.io.palette import DAVIS_PALETTE
 
 
 def _write_clip(root, frames: np.ndarray, first_mask: np.ndarray):
     folder = root / "frames"
-    folder.mkdir(parents=True)
-    for t, frame in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"{t:05d}.png")
-    mask = Image.fromarray(first_mask, mode="P")
-    mask.putpalette(DAVIS_PALETTE)
-    mask.save(root / "mask.png")
-    return folder, root / "mask.png"
+    write_frames(folder, frames)
+    return folder, save_palette_png(root / "mask.png", first_mask)
 
 
 @pytest.fixture(scope="module")
