@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from click.testing import Result
+from typer.testing import Result
 from PIL import Image
 
 from tests.conftest import SPEC, require
