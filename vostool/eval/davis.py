@@ -273,8 +273,10 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """Cancel queued sequences and end running workers now instead of waiting for their sequences."""
     # ProcessPoolExecutor has no public way to end busy workers before Python 3.14 (terminate_workers);
     # its process table is the one handle there is.
+    # SIGKILL, not SIGTERM: a worker forked a moment ago may not have run its initializer yet and would
+    # still carry the CLI's SIGTERM handler (a traceback on stderr); workers hold nothing to clean up.
     for process in list(getattr(pool, "_processes", {}).values()):
-        process.terminate()
+        process.kill()
     pool.shutdown(wait=True, cancel_futures=True)
 
 
