@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vostool.errors import OutputError
+from vostool.io.staging import path_inside
 
 PathLike = str | Path
 
@@ -41,7 +42,7 @@ def refuse_overwriting_inputs(
     if folder is None:
         return
     for input_name, input_path in given_inputs.items():
-        if _same(folder, input_path) or _inside(input_path, folder):
+        if _same(folder, input_path) or path_inside(input_path, folder) is not None:
             raise OutputError(
                 f"{folder_name} would replace the {input_name} input (the folder is replaced whole); "
                 "choose another folder",
@@ -56,9 +57,3 @@ def _same(a: Path, b: Path) -> bool:
         except OSError:
             pass
     return a.resolve() == b.resolve()
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """True when ``path`` lies below ``folder`` (not when it is ``folder``)."""
-    path, folder = path.resolve(), folder.resolve()
-    return folder in path.parents
