@@ -7,7 +7,6 @@ suggested in shared/spec/jointformer/README.md.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -7,7 +7,6 @@ import threading
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 
 def l2_affinity(mem_key: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
