@@ -22,6 +22,7 @@ from vostool.engine.protocol import MemoryEntry, MemoryView, ObjectStates, VOSNe
 from vostool.engine.transforms import Geometry, unpad_and_resize
 from vostool.errors import ModelError
 from vostool.models.checkpoint import load_exact_state
+from vostool.models.common import fold_batchnorms
 from vostool.models.registry import layout_of
 from vostool.models.sitvos.adapter import SITVOSAdapter, checkpoint_layout
 from vostool.models.sitvos.adapter import build as build_sitvos
@@ -246,8 +247,12 @@ def test_build_loads_a_saved_state_dict(synth_state, tmp_path) -> None:
     path = tmp_path / "sitvos.pth"
     torch.save(synth_state, path)
     loaded = build_sitvos(path, "cpu").net.state_dict()
-    assert list(loaded) == list(synth_state)
-    assert all(torch.equal(loaded[k], v) for k, v in synth_state.items())
+    # The built network has its BatchNorms folded; the checkpoint loaded by hand and folded must match.
+    expected = SITVOSNet()
+    expected.load_state_dict(synth_state)
+    fold_batchnorms(expected.eval())
+    assert list(loaded) == list(expected.state_dict())
+    assert all(torch.equal(loaded[k], v) for k, v in expected.state_dict().items())
 
 
 def test_missing_weights_file_is_a_model_error(tmp_path) -> None:

@@ -19,6 +19,7 @@ from vostool.engine.protocol import MemoryEntry, MemoryView, ObjectStates, VOSNe
 from vostool.engine.readout import l2_affinity, topk_softmax
 from vostool.errors import ModelError
 from vostool.models.checkpoint import check_layout, expected_layout, load_checkpoint
+from vostool.models.common import fold_batchnorms
 from vostool.models.layers import others_masks
 from vostool.models.stcn.adapter import STCNAdapter, STCNQuery, load_stcn_state
 from vostool.models.stcn.adapter import build as build_stcn
@@ -70,9 +71,15 @@ def test_stage0_checkpoint_gets_a_zero_others_channel(synth_state, tmp_path) -> 
     path = tmp_path / "stcn_s0.pth"
     torch.save(state, path)
     network = build_stcn(path, "cpu")
+    # The built network has its BatchNorms folded: compare with the full checkpoint, zero channel
+    # added by hand, folded the same way.
+    padded = dict(synth_state, **{"value_encoder.conv1.weight": torch.cat([four, torch.zeros_like(four[:, :1])], 1)})
+    expected = STCNNet()
+    expected.load_state_dict(padded)
+    fold_batchnorms(expected.eval())
     loaded = network.net.value_encoder.conv1.weight
     assert loaded.shape == (64, 5, 7, 7)
-    assert torch.equal(loaded[:, :4], four)
+    assert torch.equal(loaded, expected.value_encoder.conv1.weight)
     assert torch.count_nonzero(loaded[:, 4]) == 0
 
 
