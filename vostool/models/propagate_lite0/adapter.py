@@ -50,6 +50,7 @@ class PropagateLite0Adapter(NetworkAdapter):
     """Lite0 keys + windowed top-k label propagation (see module docstring)."""
 
     defaults = SPEC.defaults
+    channels_last = ("",)  # the whole network: 1.22x per frame on CPU (480p, 1 thread)
 
     def __init__(
         self, net: PropagateLite0Net, device: str | torch.device = "cpu", settings: ModelSettings | None = None

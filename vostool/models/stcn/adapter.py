@@ -39,6 +39,7 @@ class STCNAdapter(NetworkAdapter):
     """
 
     defaults = SPEC.defaults
+    channels_last = ("key_encoder",)  # ResNet-50: 1.10-1.15x on CPU at 480p; the decoder gains nothing
 
     @torch.no_grad()
     def encode_query(self, image: torch.Tensor) -> STCNQuery:
