@@ -16,7 +16,8 @@ from vostool.engine.core import VideoPropagator, propagate
 from vostool.engine.memory import MemoryBank
 from vostool.engine.memory import EveryNthFrame, FirstAndPrevious, WorkingMemory, Write
 from vostool.engine.protocol import MemoryEntry, MemoryView, ObjectStates, Preprocessing
-from vostool.engine.readout import local_topk_readout, topk_l2_readout
+from vostool.engine import readout
+from vostool.engine.readout import l2_affinity, local_topk_readout, topk_l2_readout, topk_softmax
 from vostool.engine.transforms import Geometry, resized_size
 
 
@@ -94,14 +95,25 @@ def test_aggregate_of_one_hot_is_near_one_hot_and_sums_to_one():
 
 def test_topk_l2_readout_with_k_larger_than_memory_does_not_crash():
     torch.manual_seed(0)
-    out = topk_l2_readout(torch.randn(8, 6), torch.randn(2, 4, 6), torch.randn(8, 5), top_k=20)
+    out = topk_l2_readout(torch.randn(8, 6), torch.randn(2, 6, 4), torch.randn(8, 5), top_k=20)
     assert out.shape == (2, 4, 5) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("chunk_rows", [1 << 20, 3 * 20 * 16 * 7])  # one chunk; chunks of 7 positions
+def test_topk_l2_readout_equals_the_dense_official_form(chunk_rows, monkeypatch):
+    # values @ (top-k softmax of the L2 affinity, scattered into a zero matrix): the official readout
+    monkeypatch.setattr(readout, "READOUT_CHUNK_ROWS", chunk_rows)
+    torch.manual_seed(2)
+    keys, query, values = torch.randn(64, 300), torch.randn(64, 50), torch.randn(3, 16, 300)
+    dense = values @ topk_softmax(l2_affinity(keys, query), 20)
+    gathered = topk_l2_readout(keys, values.transpose(1, 2).contiguous(), query, top_k=20)
+    torch.testing.assert_close(gathered, dense, atol=1e-5, rtol=1e-5)
 
 
 def test_topk_softmax_survives_huge_scores():
     # the official code overflows to NaN above ~88.7; ours subtracts the maximum
     keys = torch.full((4, 3), 30.0)
-    out = topk_l2_readout(keys, torch.ones(1, 2, 3), keys[:, :2], top_k=2)
+    out = topk_l2_readout(keys, torch.ones(1, 3, 2), keys[:, :2], top_k=2)
     assert torch.isfinite(out).all()
 
 
@@ -142,7 +154,7 @@ class ColourMatcher(torch.nn.Module):
     def segment(self, query, memory, state):
         keys = torch.cat([e.key.flatten(1) for e in memory.entries], dim=1)
         values = torch.cat([memory.values(i).flatten(1) for i in range(len(memory.entries))], dim=1)
-        read = topk_l2_readout(keys, values[:, None], query.flatten(1), self.settings.top_k)
+        read = topk_l2_readout(keys, values[:, :, None], query.flatten(1), self.settings.top_k)
         read = read.view(len(memory.objects), 1, *query.shape[1:])
         return F.interpolate(read, scale_factor=8, mode="nearest")
 

@@ -101,7 +101,7 @@ class ToyAdapter:
     def segment(self, query, memory, state):
         keys = torch.cat([e.key.flatten(1) for e in memory.entries], dim=1)
         values = torch.cat([memory.values(i).flatten(1) for i in range(len(memory.entries))], dim=1)
-        read = topk_l2_readout(keys, values[:, None], query.flatten(1), self.settings.top_k)
+        read = topk_l2_readout(keys, values[:, :, None], query.flatten(1), self.settings.top_k)
         read = read.view(len(memory.objects), 1, *query.shape[1:])
         return F.interpolate(read, scale_factor=STRIDE, mode="nearest")
 

@@ -34,12 +34,44 @@ def topk_softmax(affinity: torch.Tensor, top_k: int) -> torch.Tensor:
     return torch.zeros_like(affinity).scatter_(0, indices, weights)
 
 
+# Floats held at once by the chunked top-k readout: the affinity scores of a chunk of query positions
+# (bounded however long the memory grows, instead of one memory x query matrix) and the value rows
+# gathered for it (kept small enough to stay in cache).
+READOUT_CHUNK_SCORES = 1 << 24
+READOUT_CHUNK_ROWS = 1 << 20
+
+
 def topk_l2_readout(
     mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, top_k: int
 ) -> torch.Tensor:
-    """Read ``mem_value`` ``(K, Cv, N)`` at the query positions: returns ``(K, Cv, P)``."""
-    weights = topk_softmax(l2_affinity(mem_key, query_key), top_k)
-    return mem_value @ weights
+    """STCN's readout: ``mem_key`` ``(C, N)``, ``mem_value`` ``(K, N, Cv)`` (one row of each object's
+    value per memory position), ``query_key`` ``(C, P)``; returns ``(K, Cv, P)``.
+
+    The numbers of ``values @ topk_softmax(l2_affinity(mem_key, query_key), top_k)`` (``values`` =
+    ``mem_value`` as ``(K, Cv, N)``), up to float rounding, without the dense matrices: the affinity is
+    built for a chunk of query positions at a time (at most :data:`READOUT_CHUNK_SCORES` floats),
+    one row per query position so the top-k runs along contiguous memory, and each query position's
+    ``top_k`` weights multiply the value rows *gathered* at their memory positions. The readout then
+    costs ``K·Cv·top_k·P`` multiply-adds instead of ``K·Cv·N·P``, and N grows with the video.
+    """
+    n, p = mem_key.shape[1], query_key.shape[1]
+    objects, _, channels = mem_value.shape
+    k = min(top_k, n)
+    a_sq = mem_key.pow(2).sum(0)
+    scale = math.sqrt(mem_key.shape[0])
+    chunk = max(1, min(READOUT_CHUNK_SCORES // n, READOUT_CHUNK_ROWS // (objects * k * channels)))
+    out = mem_value.new_empty(objects, channels, p)
+    for start in range(0, p, chunk):
+        query = query_key[:, start : start + chunk]
+        c = query.shape[1]
+        # (2ab - a²) / sqrt(C) as one fused multiply-add pass (l2_affinity's value, rounded once less)
+        affinity = torch.addmm(a_sq, query.transpose(0, 1), mem_key, beta=-1 / scale, alpha=2 / scale)
+        scores, indices = torch.topk(affinity, k=k, dim=1)
+        weights = torch.softmax(scores, dim=1)  # (c, k)
+        rows = mem_value.index_select(1, indices.flatten()).view(objects * c, k, channels)
+        read = torch.bmm(weights.repeat(objects, 1).unsqueeze(1), rows)  # (K*c, 1, Cv)
+        out[:, :, start : start + c] = read.view(objects, c, channels).transpose(1, 2)
+    return out
 
 
 def local_topk_readout(

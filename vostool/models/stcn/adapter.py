@@ -71,12 +71,12 @@ class STCNAdapter(NetworkAdapter):
 
 
 def _concat_memory(memory: MemoryView) -> tuple[torch.Tensor, torch.Tensor]:
-    """Memory keys ``(64, N)`` and values ``(K, 512, N)``, frame-major then row-major positions."""
+    """Memory keys ``(64, N)`` and value rows ``(K, N, 512)``, frame-major then row-major positions."""
     if not memory.entries:
         raise ValueError("STCN cannot segment a frame with an empty memory")
     keys = [entry.key.flatten(start_dim=2)[0] for entry in memory.entries]
-    values = [memory.values(i).flatten(start_dim=2) for i in range(len(memory.entries))]
-    return torch.cat(keys, dim=1), torch.cat(values, dim=2)
+    values = [memory.values(i).flatten(start_dim=2).transpose(1, 2) for i in range(len(memory.entries))]
+    return torch.cat(keys, dim=1), torch.cat(values, dim=1)
 
 
 # --------------------------------------------------------------------------------------------
