@@ -165,7 +165,9 @@ class VideoPropagator:
         self.bank.add(entry, write)
 
     def _labels(self, probabilities: torch.Tensor) -> np.ndarray:
-        index = probabilities.argmax(dim=0).cpu().numpy()
+        # Channel indices narrowed on the device: the copy to the host moves 1 byte per pixel, not 8.
+        narrow = torch.uint8 if probabilities.shape[0] <= 256 else torch.int32
+        index = probabilities.argmax(dim=0).to(narrow).cpu().numpy()
         lut = np.array([0, *self.object_ids], dtype=self.label_dtype)
         return lut[index]
 
