@@ -12,6 +12,7 @@ Module and attribute names are those of the official checkpoints' keys, so they 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,27 @@ def resnet_stage(
     return nn.Sequential(*layers)
 
 
+def conv_of_concat(conv: nn.Conv2d, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``conv(torch.cat(parts, dim=1))`` for parts whose batch sizes differ (batch 1 broadcasts).
+
+    Each part meets only its own slice of the kernel's input channels and the results are summed,
+    so a part shared by K objects (the query's own features) is convolved once instead of K times.
+    Equal to the concatenated convolution up to float rounding (the sum over input channels is
+    split into one partial sum per part).
+    """
+    out, start = None, 0
+    for part in parts:
+        weight = conv.weight[:, start : start + part.shape[1]]
+        y = F.conv2d(part, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        out, start = (y if out is None else out + y), start + part.shape[1]
+    return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
+
+
+def shares_batch(parts: Sequence[torch.Tensor]) -> bool:
+    """Whether ``parts`` mix per-object tensors with tensors of batch 1 shared by all objects."""
+    return len({part.shape[0] for part in parts}) > 1
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block without normalisation; 3x3 conv shortcut when widths differ."""
 
@@ -62,6 +84,20 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.conv2(F.relu(self.conv1(F.relu(x))))
         shortcut = x if self.downsample is None else self.downsample(x)
+        return shortcut + r
+
+    def forward_concat(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``forward(torch.cat(parts, dim=1))``, convolving a shared batch-1 part once (see
+        :func:`conv_of_concat`; ReLU commutes with the concatenation). Plain ``forward`` when all
+        parts have one batch size, so single-object results do not change at all."""
+        if not shares_batch(parts):
+            return self.forward(torch.cat(list(parts), dim=1))
+        r = self.conv2(F.relu(conv_of_concat(self.conv1, [F.relu(part) for part in parts])))
+        if self.downsample is None:
+            batch = max(part.shape[0] for part in parts)
+            shortcut = torch.cat([part.expand(batch, -1, -1, -1) for part in parts], dim=1)
+        else:
+            shortcut = conv_of_concat(self.downsample, parts)
         return shortcut + r
 
 
@@ -128,7 +164,8 @@ class FeatureFusion(nn.Module):
         self.block2 = ResBlock(out_ch, out_ch)
 
     def forward(self, x: torch.Tensor, f16: torch.Tensor) -> torch.Tensor:
-        x = self.block1(torch.cat([x, f16], dim=1))
+        """``f16`` may have batch 1 for all objects of ``x``: it is then convolved once."""
+        x = self.block1.forward_concat([x, f16])
         return self.block2(x + self.attention(x))
 
 
@@ -161,9 +198,10 @@ class Decoder(nn.Module):
         self.up_8_4 = UpsampleBlock(256, 256, 256)
         self.pred = conv3x3(256, 1)
 
-    def forward(self, f16: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
-        """Logits ``(K, 1, H, W)`` at the padded input resolution."""
-        x = self.compress(f16)
+    def forward(self, f16: torch.Tensor | Sequence[torch.Tensor], f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, 1, H, W)`` at the padded input resolution. ``f16`` may be given as the parts
+        of its channel concatenation, a part of batch 1 shared by the K objects (convolved once)."""
+        x = self.compress(f16) if isinstance(f16, torch.Tensor) else self.compress.forward_concat(f16)
         x = self.up_16_8(f8, x)
         x = self.up_8_4(f4, x)
         x = self.pred(F.relu(x))

@@ -141,15 +141,16 @@ class STCNNet(nn.Module):
         """
         k = masks.shape[0]
         frame = frame.expand(k, -1, -1, -1)
-        value = self.value_encoder(frame, kf16.expand(k, -1, -1, -1), masks, others_masks(masks))
+        # kf16 stays batch 1: the fusion convolves the frame's share of its input once for all objects.
+        value = self.value_encoder(frame, kf16, masks, others_masks(masks))
         return value.unsqueeze(2)
 
     def decode_logits(
         self, readout: torch.Tensor, qv16: torch.Tensor, qf8: torch.Tensor, qf4: torch.Tensor
     ) -> torch.Tensor:
         """Logits ``(K,1,H,W)`` from the readout ``(K,512,h,w)`` and the query's f16_thin, f8, f4."""
-        qv16 = qv16.expand(readout.shape[0], -1, -1, -1)
-        return self.decoder(torch.cat([readout, qv16], dim=1), qf8, qf4)
+        # The query's own half of the decoder input (batch 1) is convolved once for all K objects.
+        return self.decoder([readout, qv16], qf8, qf4)
 
     def decode(
         self, readout: torch.Tensor, qv16: torch.Tensor, qf8: torch.Tensor, qf4: torch.Tensor
