@@ -200,7 +200,7 @@ def _run_rank(options: BatchOptions, checked: _Checked, world: World) -> BatchSu
                              len(work["skipped"]))
         try:
             outcomes = run_share(share, tracker, out, key, rank=world.rank, allow_truncated=options.allow_truncated,
-                                 reporter=reporter)
+                                 reporter=reporter, tags={"rank": world.rank, "attempt": world.restart})
         finally:
             if reporter is not None:
                 reporter.close()

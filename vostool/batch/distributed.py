@@ -73,12 +73,27 @@ def process_group(world: World, device: str) -> Iterator[None]:
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))  # NCCL's object collectives use the current device
         backend = "nccl"
-    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(backend, store=_attempt_store(world), rank=world.rank, world_size=world.size,
+                            timeout=COLLECTIVE_TIMEOUT)
     try:
         dist.barrier()
         yield
     finally:
         dist.destroy_process_group()
+
+
+def _attempt_store(world: World):
+    """The rendezvous store of ``env://`` (torchrun's), its keys prefixed with the restart count.
+
+    After torchrun restarts the ranks, the store can still hold the addresses the previous ranks
+    published; a rank that reads one before its peer has published anew connects to a dead process and
+    the restart fails ("Gloo connectFullMesh failed ... Connection refused"). A prefix per attempt keeps
+    the rounds apart.
+    """
+    from torch.distributed import PrefixStore, rendezvous
+
+    store, _, _ = next(rendezvous("env://", timeout=COLLECTIVE_TIMEOUT))
+    return PrefixStore(f"vostool-batch/attempt-{world.restart}", store)
 
 
 def broadcast(value: Any, world: World) -> Any:

@@ -75,9 +75,10 @@ class PreparedVideo:
 
 def run_share(
     jobs: Sequence[VideoJob], tracker: Tracker, out: Path, key: dict, *, rank: int = 0,
-    allow_truncated: bool = False, reporter: Reporter | None = None,
+    allow_truncated: bool = False, reporter: Reporter | None = None, tags: dict | None = None,
 ) -> list[VideoOutcome]:
-    """Segment ``jobs`` in order with ``tracker`` into ``out/<video>/``; one outcome per job."""
+    """Segment ``jobs`` in order with ``tracker`` into ``out/<video>/``; one outcome per job. ``tags``: more
+    entries for the markers (which rank and torchrun attempt wrote a video)."""
     outcomes = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vostool-next-video") as opener:
         upcoming: Future | None = opener.submit(prepare_video, jobs[0], allow_truncated) if jobs else None
@@ -87,7 +88,7 @@ def run_share(
                 upcoming = opener.submit(prepare_video, jobs[index + 1], allow_truncated)
             start = time.perf_counter()
             try:
-                outcome = _run_prepared(current, tracker, out, key, rank, reporter)
+                outcome = _run_prepared(current, tracker, out, key, rank, reporter, tags or {})
             except Exception as err:  # noqa: BLE001 - one broken video must not stop the others
                 outcome = VideoOutcome(job.name, "failed", seconds=time.perf_counter() - start, rank=rank,
                                        error=_describe(err))
@@ -102,11 +103,11 @@ def run_share(
 
 
 def _run_prepared(
-    opened: Future, tracker: Tracker, out: Path, key: dict, rank: int, reporter: Reporter | None
+    opened: Future, tracker: Tracker, out: Path, key: dict, rank: int, reporter: Reporter | None, tags: dict
 ) -> VideoOutcome:
     prepared = opened.result()  # raises what opening the video or reading its masks raised
     try:
-        return run_video(prepared, tracker, out, key, rank=rank, reporter=reporter)
+        return run_video(prepared, tracker, out, key, rank=rank, reporter=reporter, tags=tags)
     finally:
         prepared.frames.close()  # stops its decoder even when the run failed before reading a frame
 
@@ -160,7 +161,7 @@ def introduced_masks(job: VideoJob, source: FrameSource) -> tuple[dict[int, np.n
 
 def run_video(
     prepared: PreparedVideo, tracker: Tracker, out: Path, key: dict, *, rank: int = 0,
-    reporter: Reporter | None = None,
+    reporter: Reporter | None = None, tags: dict | None = None,
 ) -> VideoOutcome:
     """Segment one prepared video and commit its folder with its marker; raises on any failure."""
     job, source = prepared.job, prepared.source
@@ -186,7 +187,7 @@ def run_video(
             missing = sorted(wanted - {Path(name).stem for name in files}, key=natural_key)
             raise InputError(f"video {job.name}: listed frame {missing[0]} was not among its frames", job.frames)
         seconds = time.perf_counter() - start
-        extra = {"device": str(tracker.device), "seconds": round(seconds, 3), "vostool": __version__}
+        extra = {"device": str(tracker.device), "seconds": round(seconds, 3), "vostool": __version__, **(tags or {})}
         _write_marker(staging / MARKER, marker_for(job, key, frames, files, extra))
         commit_together([_Staged(staging, final)])
     except BaseException:
