@@ -266,20 +266,27 @@ def _reporter(options: BatchOptions, world: World, videos: int, frames: int, ski
 def _finish(summary: BatchSummary, options: BatchOptions, dataset: Dataset) -> None:
     """Rank 0: the zip and the scores when every video is done, then the summary file."""
     out = Path(options.out)
-    if summary.failed and (options.export or options.evaluate):
-        summary.notes.append(f"export and evaluation skipped: {len(summary.failed)} video(s) failed")
-    elif options.export:
-        from vostool.export import export_results
+    problem: VostoolError | None = None
+    try:
+        if summary.failed and (options.export or options.evaluate):
+            summary.notes.append(f"export and evaluation skipped: {len(summary.failed)} video(s) failed")
+        elif options.export:
+            from vostool.export import export_results
 
-        frames_list = dataset.frames_list if options.export == "youtube-vos" else None
-        summary.export = export_results(out, options.export, frames_list=frames_list).output
-    if options.evaluate and not summary.failed:
-        from vostool.eval import evaluate_davis
+            frames_list = dataset.frames_list if options.export == "youtube-vos" else None
+            summary.export = export_results(out, options.export, frames_list=frames_list).output
+        if options.evaluate and not summary.failed:
+            from vostool.eval import evaluate_davis
 
-        root, subset, year = dataset.davis
-        summary.report = evaluate_davis(root, out, subset=subset, year=year)
-        summary.scores = summary.report.to_json()
+            root, subset, year = dataset.davis
+            summary.report = evaluate_davis(root, out, subset=subset, year=year)
+            summary.scores = summary.report.to_json()
+    except VostoolError as err:  # the videos are done: record them before reporting what went wrong
+        summary.notes.append(f"export/evaluation failed: {err}")
+        problem = err
     _write_summary(out / plan.SUMMARY_FILE, summary.to_dict())
+    if problem is not None:
+        raise problem
 
 
 def _write_summary(path: Path, data: dict) -> None:
