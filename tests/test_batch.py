@@ -133,7 +133,8 @@ def test_torchrun_rank_killed_mid_video_is_restarted_and_resumes(davis, single, 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
                "--monitor-interval", "0.2", "-m", "vostool", "batch", str(davis), "--out", str(out), *FAST,
                "--json", "--quiet"]
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its own process group: a failure stops the ranks too
     killed_at = None  # when the rank was killed
     try:
         deadline = time.monotonic() + 120
@@ -147,7 +148,7 @@ def test_torchrun_rank_killed_mid_video_is_restarted_and_resumes(davis, single, 
         stdout, stderr = process.communicate(timeout=180)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
     assert killed_at is not None, "the long video finished before the test could kill its rank"
     assert process.returncode == 0, stderr[-3000:]
     summary = summary_of(stdout)
