@@ -476,6 +476,76 @@ def export(
                   highlight=False)
 
 
+@app.command("batch")
+def batch_command(
+    source: Annotated[Path, typer.Argument(help="Dataset folder (DAVIS root; YouTube-VOS, MOSE or LVOS split folder) or a .csv/.jsonl manifest.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Results: one folder of palette PNGs per video (<out>/<video>/<frame>.png), kept between runs.")],
+    layout: Annotated[str, typer.Option("--layout", help="auto, davis, youtube-vos, mose, lvos or manifest.")] = "auto",
+    all_frames: Annotated[Optional[Path], typer.Option("--all-frames", help="YouTube-VOS/MOSE: the valid_all_frames folder; propagate over every frame, write the listed ones.")] = None,
+    subset: Annotated[str, typer.Option("--set", help="DAVIS: image set (ImageSets/<year>/<set>.txt).")] = "val",
+    year: Annotated[str, typer.Option("--year", help="DAVIS year.")] = "2017",
+    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = DEFAULT_MODEL,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint file (overrides the registry's default).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps; with several ranks auto/cuda is each rank's LOCAL_RANK GPU.")] = "auto",
+    size: Annotated[Optional[int], typer.Option("--size", help="Internal short side in pixels (default: the model's); -1 = native.")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast).")] = "fp32",
+    mem_every: Annotated[Optional[int], typer.Option("--mem-every", help="Write a frame to memory every N frames.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Memory positions read per query position.")] = None,
+    max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", help="Cap on memory frames.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", envvar="VOSTOOL_OFFLINE", help="Never download checkpoints.")] = False,
+    allow_truncated: Annotated[bool, typer.Option("--allow-truncated", help="Segment what a truncated video still decodes.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Redo every video, complete or not.")] = False,
+    export_format: Annotated[Optional[str], typer.Option("--export", help="At the end, write <out>-<format>.zip: davis, mose, youtube-vos (the listed frames) or coco-rle (<out>.json).")] = None,
+    evaluate: Annotated[bool, typer.Option("--eval", help="DAVIS: print J&F against the ground truth at the end.")] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Local processes, started through torch's elastic launcher (as torchrun would).")] = 1,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="With --workers: restart the ranks this often after one dies (they resume).")] = 0,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads per process (default: torch's, split between the local ranks).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON summary on stdout (rank 0).")] = False,
+) -> None:
+    """Segment a whole dataset or a folder of videos: resumable, and across GPUs and machines with torchrun."""
+    with user_errors():
+        from .batch import BatchOptions, run_batch
+
+        run = RunSettings(size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
+                          precision=precision, device=device)
+        summary = run_batch(BatchOptions(
+            source=source, out=out_dir, model=model, layout=layout, all_frames=all_frames, subset=subset, year=year,
+            weights=weights, run=run, offline=offline, allow_truncated=allow_truncated, force=force,
+            export=export_format, evaluate=evaluate, workers=workers, max_restarts=max_restarts, threads=threads,
+            quiet=quiet,
+        ))
+    if summary.writer:
+        if as_json:
+            print(json.dumps(summary.to_dict()), flush=True)
+        if not quiet:
+            err.print(_batch_table(summary))
+            if summary.report is not None:
+                summary.report.render(err)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _batch_table(summary) -> Table:
+    table = Table(title="vostool batch", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("source", f"{summary.source} ({summary.layout})")
+    table.add_row("model", f"{summary.model} on {summary.device}, {summary.ranks} rank(s)")
+    table.add_row("videos", f"{summary.count('done')} done, {summary.count('skipped')} complete already, "
+                            f"{summary.count('failed')} failed")
+    table.add_row("time", f"{summary.seconds:.1f} s: {summary.frames_done} frames, {summary.fps:.2f} fps, "
+                          f"{summary.videos_per_hour:.0f} videos/hour")
+    table.add_row("results", summary.out)
+    if summary.export:
+        table.add_row("export", summary.export)
+    for video in summary.failed:
+        table.add_row("[red]failed[/]", escape(f"{video.name}: {video.error}"))
+    for note in summary.notes:
+        table.add_row("note", escape(note))
+    return table
+
+
 def main() -> None:
     install_signal_handlers()
     warnings.showwarning = _print_warning

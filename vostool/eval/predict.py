@@ -48,8 +48,16 @@ def segment_davis(
             if on_sequence is not None:
                 on_sequence(name, index, len(names))
             frames = davis_root / "JPEGImages" / RESOLUTION / name
-            annotations = sorted((davis_root / "Annotations" / RESOLUTION / name).glob("*.png"))
-            if not annotations:
-                raise InputError("no annotation PNG for this sequence", davis_root / "Annotations" / RESOLUTION / name)
-            segment(frames, annotations[0], out_dir=staged.temp / name, tracker=tracker, progress=progress)
+            segment(frames, first_annotation(davis_root, name), out_dir=staged.temp / name, tracker=tracker,
+                    progress=progress)
     return names
+
+
+def first_annotation(davis_root: str | Path, name: str) -> Path:
+    """The annotation a DAVIS sequence is segmented from: the first PNG of ``Annotations/480p/<name>``
+    (``vostool eval --model`` and ``vostool batch`` start from the same one)."""
+    folder = Path(davis_root) / "Annotations" / RESOLUTION / name
+    annotations = sorted(folder.glob("*.png"))
+    if not annotations:
+        raise InputError("no annotation PNG for this sequence", folder)
+    return annotations[0]
