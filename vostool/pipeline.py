@@ -16,6 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from .tracker import Session
 
 WriteFn = Callable[[str, np.ndarray, np.ndarray], None]
-ProgressFn = Callable[[int, int], None]
+ProgressFn = Callable[[int, int | None], None]  # (done, total); total None: unknown (a stream)
 
 
 class _End:
@@ -190,6 +191,26 @@ class BackgroundWriter:
                 return
 
 
+@dataclass
+class FrameOutput:
+    """One segmented frame as the writers get it.
+
+    ``probabilities``: (K+1, H, W) float32 on the host (channel 0 = background, then ``object_ids``),
+    only when a writer asked for them (copying them off the device costs time).
+    """
+
+    index: int
+    name: str
+    frame: np.ndarray
+    labels: np.ndarray
+    object_ids: tuple[int, ...]
+    probabilities: np.ndarray | None = None
+
+
+OutputFn = Callable[[FrameOutput], None]
+Names = Sequence[str] | Callable[[int], str]
+
+
 def segment_stream(
     session: Session,
     frames: Iterable[np.ndarray],
@@ -207,15 +228,45 @@ def segment_stream(
     Returns the number of frames segmented. Every write has finished (or been dropped, on error)
     when this returns or raises.
     """
-    total = len(names) if limit is None else min(limit, len(names))
+    return stream_outputs(
+        session, frames, names, given, lambda out: write(out.name, out.frame, out.labels), limit=limit,
+        progress=progress,
+    )
+
+
+def stream_outputs(
+    session: Session,
+    frames: Iterable[np.ndarray],
+    names: Names,
+    given: Mapping[int, np.ndarray],
+    write: OutputFn,
+    *,
+    limit: int | None = None,
+    progress: ProgressFn | None = None,
+    probabilities: bool = False,
+) -> int:
+    """:func:`segment_stream` with every result handed to ``write`` as a :class:`FrameOutput`.
+
+    ``names``: the frames' output stems, or a function of the frame index for a stream of unknown
+    length (then ``progress`` gets ``None`` as its total). ``probabilities``: include them, on the host.
+    """
+    total = _total(names, limit)
+    name_of = names if callable(names) else names.__getitem__
     count = 0
     with FramePrefetcher(frames, limit=total) as reader, BackgroundWriter(write) as writer:
         for t, frame in enumerate(reader):
             if t in given:
                 session.add_masks(t, given[t])
             result = session.step(frame)
-            writer.submit(names[t], frame, result.labels)
+            host = result.probabilities.cpu().numpy() if probabilities else None
+            writer.submit(FrameOutput(t, name_of(t), frame, result.labels, result.object_ids, host))
             count = t + 1
             if progress is not None:
                 progress(count, total)
     return count
+
+
+def _total(names: Names, limit: int | None) -> int | None:
+    if callable(names):
+        return limit
+    return len(names) if limit is None else min(limit, len(names))

@@ -46,6 +46,15 @@ class FrameSource(ABC):
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def frame_count(self) -> int | None:
+        """The number of frames (None for a stream of unknown length, :class:`vostool.io.stdin.StdinFrames`)."""
+        return len(self.names)
+
+    def name_of(self, index: int) -> str:
+        """The output stem of frame ``index``."""
+        return self.names[index]
+
     @abstractmethod
     def __iter__(self) -> Iterator[np.ndarray]:
         """Yield each frame as a writable (H, W, 3) uint8 RGB array, decoding one frame per step."""

@@ -10,10 +10,13 @@ process that was killed. A whole run's outputs are made atomic together by ``vos
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import os
 import re
+import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +36,15 @@ from vostool.io.staging import make_folders, remove_created_folders, remove_stal
 
 __all__ = [
     "AtomicFile",
+    "JsonlWriter",
+    "OutputClosed",
     "OverlayWriter",
     "PaletteWriter",
     "RleWriter",
     "atomic_path",
     "blend_overlay",
     "encode_rle_objects",
+    "frame_record",
     "read_rle_video",
     "write_text_atomic",
 ]
@@ -521,3 +527,124 @@ class RleWriter(_CommitOnSuccess):
         self.frames = []
         self._file.discard()
         remove_created_folders(self._created_folders)
+
+
+# ------------------------------------------------------------------------------------- JSON lines
+
+STDOUT = "-"
+
+
+class OutputClosed(Exception):
+    """The reader of a streamed output (standard output, a FIFO) closed it: a pipeline such as
+    ``vostool segment - --rle - | head -1`` has all it wants. Not an error of the run; the CLI exits 0."""
+
+
+def frame_record(index: int, name: str, labels: np.ndarray, object_ids: tuple[int, ...] | None = None) -> dict:
+    """One frame as a JSON line: ``{"index", "name", "size": [H, W], "objects": [{"id", "size", "counts",
+    "area", "bbox": [x, y, w, h]}]}``; the objects are ``object_ids`` (those tracked, absent ones with
+    area 0) or, without them, the ids present."""
+    labels = _check_labels(labels)
+    height, width = labels.shape
+    ids = object_ids if object_ids is not None else [int(i) for i in np.unique(labels) if i != 0]
+    objects = []
+    for object_id in ids:
+        rle = mask_api.encode(np.asfortranarray(labels == object_id, dtype=np.uint8))
+        x, y, w, h = (int(v) for v in mask_api.toBbox(rle))
+        counts = rle["counts"].decode("ascii")
+        objects.append({"id": int(object_id), "size": [height, width], "counts": counts,
+                        "area": int(mask_api.area(rle)), "bbox": [x, y, w, h]})
+    return {"index": int(index), "name": str(name), "size": [height, width], "objects": objects}
+
+
+def is_stream_target(path: str | Path) -> bool:
+    """Whether an output path is written live rather than through a temporary file: ``-`` (standard
+    output), a FIFO or a character device (``/dev/stdout``, ``/dev/fd/3``)."""
+    if str(path) == STDOUT:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+class JsonlWriter(_CommitOnSuccess):
+    """One JSON line per frame (:func:`frame_record`), flushed as soon as the frame is done.
+
+    ``-`` writes to standard output, a FIFO or character device is written directly: both live, for a
+    reader downstream. A regular file is written (and flushed line by line) under a temporary name and
+    moved into place with the run's other outputs, so a failed run leaves no partial file. A reader
+    that closes a stream early raises :class:`OutputClosed`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.live = is_stream_target(path)
+        self._created_folders = [] if self.live else ensure_file_target(self.path)
+        self._file = AtomicFile(self.path)
+        self._handle = None
+        self._finished = False
+
+    def write(self, index: int, name: str, labels: np.ndarray, object_ids: tuple[int, ...] | None = None) -> None:
+        line = json.dumps(frame_record(index, name, labels, object_ids), separators=(",", ":")) + "\n"
+        try:
+            handle = self._open()
+            handle.write(line)
+            handle.flush()
+        except OSError as err:
+            raise self._failure(err) from err
+
+    def _failure(self, err: OSError) -> Exception:
+        if isinstance(err, BrokenPipeError) or (self.live and err.errno == errno.ECONNRESET):
+            return OutputClosed(f"{self._shown()} was closed by its reader")
+        return OutputError(f"cannot write file ({err.strerror or err})", self.path)
+
+    def _open(self):
+        if self._handle is None:
+            if str(self.path) == STDOUT:
+                self._handle = sys.stdout
+            else:
+                if not self.live:
+                    remove_stale_temps(self.path.parent)
+                self._handle = open(self.path if self.live else self._file.temp, "w", encoding="utf-8")
+        return self._handle
+
+    def _shown(self) -> str:
+        return "standard output" if str(self.path) == STDOUT else str(self.path)
+
+    def finish(self) -> AtomicFile | None:
+        """Close the file; None for a live stream (nothing to move into place)."""
+        if not self._finished:
+            try:
+                self._open()  # a run of no frames still writes its (empty) file
+                self._close_handle()
+            except BaseException as err:
+                self.abort()
+                if isinstance(err, OSError):
+                    raise self._failure(err) from err
+                raise
+            self._finished = True
+        return None if self.live else self._file
+
+    def close(self) -> None:
+        if self.live:
+            self.finish()
+        else:
+            super().close()
+
+    def _close_handle(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is sys.stdout:
+            handle.flush()
+        elif handle is not None:
+            handle.close()
+
+    def abort(self) -> None:
+        self._aborted = True
+        try:
+            self._close_handle()
+        except OSError:
+            pass
+        if not self.live:
+            self._file.discard()
+            remove_created_folders(self._created_folders)
