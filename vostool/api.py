@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -137,6 +137,10 @@ def segment(
     overlay: str | Path | None = None,
     rle: str | Path | None = None,
     jsonl: str | Path | None = None,
+    matte: str | Path | None = None,
+    cutout: str | Path | None = None,
+    soft: str | Path | None = None,
+    objects: Iterable[int] | None = None,
     mem_every: int | None = None,
     top_k: int | None = None,
     max_memory_frames: int | None = None,
@@ -152,7 +156,10 @@ def segment(
     PNGs in ``out_dir`` (named like the input frames; an existing folder is replaced as a whole), an
     overlay MP4, a COCO RLE JSON (``rle``), JSON lines (``jsonl``: one line per frame with each
     object's RLE, area and bounding box; ``rle="-"`` or ``jsonl="-"`` writes them to standard output,
-    flushed frame by frame). They replace the old outputs together, once all are complete (the video
+    flushed frame by frame), and for editors: ``matte`` (white = object: an H.264 .mp4/.mov/.mkv, or a
+    folder of 8-bit PNGs), ``cutout`` (the frames with the matte as alpha: .webm VP9 ``yuva420p``, .mov
+    ProRes 4444, or a folder of RGBA PNGs) and ``soft`` (a folder: ``<id>/<frame>.png``, each object's
+    probability in 8 bits); ``objects`` selects the ids these three show (default: all). They replace the old outputs together, once all are complete (the video
     checked): a failed or interrupted run leaves the old ones as they were and no new ones. When the
     reader of a stream closes it early, every other output is discarded and
     :class:`vostool.io.writers.OutputClosed` is raised.
@@ -176,19 +183,24 @@ def segment(
             precision=precision, device=device,
         )
         settings = get_spec(model).settings_for(run)  # a setting the model lacks fails before any input is read
-    targets = OutputTargets(out_dir=out_dir, overlay=overlay, rle=rle, jsonl=jsonl)
+    targets = OutputTargets(
+        out_dir=out_dir, overlay=overlay, rle=rle, jsonl=jsonl, matte=matte, cutout=cutout, soft=soft,
+        objects=None if objects is None else tuple(objects),
+    )
     targets.check()
     refuse_overwriting_inputs(
         {"INPUT": None if is_stdin(input) else input, "--mask": mask, "--masks": masks_dir},
         targets.files(),
-        ("--out", out_dir),
+        folders=targets.folders(),
     )
     source = open_input(input, allow_truncated=allow_truncated)
     try:
         given, palette = read_given_masks(source, mask, masks_dir)
         if out_dir is not None:
             _check_ids_fit_png(given, mask, masks_dir)
-        outputs = RunOutputs(targets, palette, source.fps)  # checks the output folders, writes nothing yet
+        mask_ids = sorted({int(i) for labels in given.values() for i in np.unique(labels) if i != 0})
+        targets.check_objects(mask_ids)
+        outputs = RunOutputs(targets, palette, source.fps, mask_ids)  # checks the output folders, writes nothing yet
         if tracker is None:
             tracker = build_tracker(model, settings, run.device, weights, offline=offline)
         session = tracker.session(num_frames=source.frame_count)

@@ -168,6 +168,10 @@ def segment(
     overlay: Annotated[Optional[Path], typer.Option("--overlay", help="Write an MP4 with the masks blended over the frames.")] = None,
     rle: Annotated[Optional[Path], typer.Option("--rle", help="Write per-frame, per-object COCO RLE to this JSON file; - writes JSON lines to stdout, one flushed line per frame as it is done.")] = None,
     jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write one JSON line per frame (index, name, per-object RLE, area, bbox) to this file (or -), flushed frame by frame.")] = None,
+    matte: Annotated[Optional[Path], typer.Option("--matte", help="Write a grayscale matte (white = object): an H.264 .mp4/.mov/.mkv (yuv420p, full range) or a folder of 8-bit PNGs.")] = None,
+    cutout: Annotated[Optional[Path], typer.Option("--cutout", help="Write the frames with the matte as alpha: .webm (VP9 yuva420p), .mov (ProRes 4444) or a folder of RGBA PNGs.")] = None,
+    soft: Annotated[Optional[Path], typer.Option("--soft", help="Write each object's probability as 8-bit PNGs, DIR/<id>/<frame>.png (before the argmax, at the frames' size).")] = None,
+    objects: Annotated[Optional[str], typer.Option("--objects", help="Object ids that form --matte, --cutout and --soft, e.g. 1,3 (default: all).")] = None,
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = DEFAULT_MODEL,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint file (overrides the registry's default).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -196,9 +200,12 @@ def segment(
             streamed = [flag for flag, path in (("--rle", rle), ("--jsonl", jsonl)) if str(path) == "-"]
             if as_json and streamed:
                 raise VostoolError(f"--json: {streamed[0]} - already writes the frames to stdout; drop --json or give a file")
+            from .io.outputs import parse_object_ids
+
             summary = run_segment(
                 input, mask, masks_dir=masks, model=model, weights=weights, device=device, size=size,
-                precision=precision, out_dir=out_dir, overlay=overlay, rle=rle, jsonl=jsonl,
+                precision=precision, out_dir=out_dir, overlay=overlay, rle=rle, jsonl=jsonl, matte=matte,
+                cutout=cutout, soft=soft, objects=None if objects is None else parse_object_ids(objects),
                 mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames, offline=offline,
                 progress=progress, allow_truncated=allow_truncated,
             )
