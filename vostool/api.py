@@ -26,7 +26,7 @@ from .io.masks import LabelMap, read_mask, read_masks_dir
 from .io.outputs import OutputTargets, RunOutputs
 from .io.stdin import StdinFrames, is_stdin
 from .models.registry import DEFAULT_MODEL, get_spec
-from .pipeline import stream_outputs
+from .pipeline import FORWARD, DirectionPlan, propagate_video
 from .settings import RunSettings, SettingsError, validate_device_name
 from .tracker import Tracker, build_tracker
 
@@ -141,6 +141,7 @@ def segment(
     cutout: str | Path | None = None,
     soft: str | Path | None = None,
     objects: Iterable[int] | None = None,
+    direction: str = FORWARD,
     mem_every: int | None = None,
     top_k: int | None = None,
     max_memory_frames: int | None = None,
@@ -163,6 +164,9 @@ def segment(
     checked): a failed or interrupted run leaves the old ones as they were and no new ones. When the
     reader of a stream closes it early, every other output is discarded and
     :class:`vostool.io.writers.OutputClosed` is raised.
+    ``direction``: ``"forward"`` (default), ``"backward"`` or ``"both"``, by the rule of
+    :data:`vostool.pipeline.DIRECTION_RULE`. Going backward through a video file decodes it forward in chunks, handed out in reverse (memory stays flat);
+    the backward results wait on disk (a temporary folder) until the outputs are written in frame order.
     ``tracker``: a :class:`vostool.Tracker` from :func:`vostool.load`, to reuse one loaded network
     across videos (then it supplies the model, device and settings, and ``model``, ``weights``,
     ``device``, ``size``, ``precision``, ``mem_every``, ``top_k``, ``max_memory_frames`` and ``offline``
@@ -183,6 +187,9 @@ def segment(
             precision=precision, device=device,
         )
         settings = get_spec(model).settings_for(run)  # a setting the model lacks fails before any input is read
+    DirectionPlan(direction, {})  # a direction that does not exist fails here (SettingsError)
+    if is_stdin(input) and direction != FORWARD:
+        raise SettingsError("direction", direction, "standard input is read once, forward; give a video file or a frame folder")
     targets = OutputTargets(
         out_dir=out_dir, overlay=overlay, rle=rle, jsonl=jsonl, matte=matte, cutout=cutout, soft=soft,
         objects=None if objects is None else tuple(objects),
@@ -203,15 +210,14 @@ def segment(
         outputs = RunOutputs(targets, palette, source.fps, mask_ids)  # checks the output folders, writes nothing yet
         if tracker is None:
             tracker = build_tracker(model, settings, run.device, weights, offline=offline)
-        session = tracker.session(num_frames=source.frame_count)
         _warn_if_downscaled(source, tracker)
 
         start = time.perf_counter()
         with outputs:
             # Decoding and writing run in background threads next to the model (see vostool.pipeline).
-            frames = stream_outputs(
-                session, source, source.name_of if source.frame_count is None else source.names, given,
-                outputs.write, progress=progress, probabilities=outputs.wants_probabilities,
+            frames, object_ids = propagate_video(
+                tracker, source, given, outputs.write, direction=direction,
+                probabilities=outputs.wants_probabilities, progress=progress,
             )
     finally:
         getattr(source, "close", lambda: None)()  # stops the decoder of standard input
@@ -222,7 +228,7 @@ def segment(
         precision=tracker.settings.precision,
         frames=frames,
         size=source.size,
-        objects=list(session.object_ids),
+        objects=list(object_ids),
         seconds=time.perf_counter() - start,
         outputs=outputs.written,
     )

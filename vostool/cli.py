@@ -172,6 +172,7 @@ def segment(
     cutout: Annotated[Optional[Path], typer.Option("--cutout", help="Write the frames with the matte as alpha: .webm (VP9 yuva420p), .mov (ProRes 4444) or a folder of RGBA PNGs.")] = None,
     soft: Annotated[Optional[Path], typer.Option("--soft", help="Write each object's probability as 8-bit PNGs, DIR/<id>/<frame>.png (before the argmax, at the frames' size).")] = None,
     objects: Annotated[Optional[str], typer.Option("--objects", help="Object ids that form --matte, --cutout and --soft, e.g. 1,3 (default: all).")] = None,
+    direction: Annotated[str, typer.Option("--direction", help="forward, backward or both. forward: each object from the first frame it is annotated on to the end; backward: from the last frame it is annotated on back to the start; both: every frame takes each object from its nearest annotation, forward from an earlier one or backward from a later one (a tie goes forward). Annotate the middle frame with --masks and use both.")] = "forward",
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = DEFAULT_MODEL,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint file (overrides the registry's default).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -206,6 +207,7 @@ def segment(
                 input, mask, masks_dir=masks, model=model, weights=weights, device=device, size=size,
                 precision=precision, out_dir=out_dir, overlay=overlay, rle=rle, jsonl=jsonl, matte=matte,
                 cutout=cutout, soft=soft, objects=None if objects is None else parse_object_ids(objects),
+                direction=direction,
                 mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames, offline=offline,
                 progress=progress, allow_truncated=allow_truncated,
             )
