@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,18 +19,18 @@ import torch
 from .engine.config import ModelSettings
 from .engine.protocol import VOSNetwork
 from .engine.transforms import long_side_capped, resized_size
-from .errors import InputError, OutputError, VostoolError, VostoolWarning
+from .errors import InputError, OutputError, VostoolWarning
 from .io.frames import FrameSource, open_frames
 from .io.guard import refuse_overwriting_inputs
 from .io.masks import LabelMap, read_mask, read_masks_dir
-from .io.staging import MASK_FOLDER, StagedFolder, commit_together, finish_despite_interrupts, path_inside
-from .io.writers import AtomicFile, OverlayWriter, PaletteWriter, RleWriter
+from .io.outputs import OutputTargets, RunOutputs
+from .io.stdin import StdinFrames, is_stdin
 from .models.registry import DEFAULT_MODEL, get_spec
-from .pipeline import segment_stream
+from .pipeline import FORWARD, DirectionPlan, propagate_video
 from .settings import RunSettings, SettingsError, validate_device_name
 from .tracker import Tracker, build_tracker
 
-ProgressCallback = Callable[[int, int], None]
+ProgressCallback = Callable[[int, int | None], None]
 
 
 @dataclass
@@ -101,18 +101,26 @@ def load_network(
 
 
 def read_given_masks(
-    source: FrameSource, mask: str | Path | None, masks_dir: str | Path | None
+    source: FrameSource | StdinFrames, mask: str | Path | None, masks_dir: str | Path | None
 ) -> tuple[dict[int, np.ndarray], bytes | None]:
-    """Label maps by frame index (frame 0 from ``mask``, any frames from ``masks_dir``), and a palette."""
+    """Label maps by frame index (frame 0 from ``mask``, any frames from ``masks_dir``), and a palette.
+
+    For a stream of unknown length (standard input), masks in ``masks_dir`` are named by frame number."""
     given: dict[int, LabelMap] = {}
     if masks_dir is not None:
-        given.update(read_masks_dir(masks_dir, source.names, source.size))
+        names = source.names if isinstance(source, FrameSource) else None
+        given.update(read_masks_dir(masks_dir, names, source.size))
     if mask is not None:
         given[0] = read_mask(mask, source.size)
     if not given:
         raise InputError("no mask given: pass --mask FILE (first frame) or --masks DIR")
     palette = next((m.palette for _, m in sorted(given.items()) if m.palette is not None), None)
     return {t: m.labels for t, m in given.items()}, palette
+
+
+def open_input(input: str | Path, *, allow_truncated: bool = False) -> FrameSource | StdinFrames:
+    """A video file or frame folder (:func:`open_frames`), or standard input for ``-``."""
+    return StdinFrames() if is_stdin(input) else open_frames(input, allow_truncated=allow_truncated)
 
 
 def segment(
@@ -128,6 +136,12 @@ def segment(
     out_dir: str | Path | None = None,
     overlay: str | Path | None = None,
     rle: str | Path | None = None,
+    jsonl: str | Path | None = None,
+    matte: str | Path | None = None,
+    cutout: str | Path | None = None,
+    soft: str | Path | None = None,
+    objects: Iterable[int] | None = None,
+    direction: str = FORWARD,
     mem_every: int | None = None,
     top_k: int | None = None,
     max_memory_frames: int | None = None,
@@ -136,17 +150,29 @@ def segment(
     tracker: Tracker | None = None,
     allow_truncated: bool = False,
 ) -> SegmentSummary:
-    """Segment the objects of ``mask`` (and/or ``masks_dir``) through the video or frame folder ``input``.
+    """Segment the objects of ``mask`` (and/or ``masks_dir``) through the video or frame folder ``input``
+    (``"-"``: a video piped into standard input, read as it arrives).
 
     ``size``: internal short side (None = the model's default, -1 = native resolution). Outputs: palette
     PNGs in ``out_dir`` (named like the input frames; an existing folder is replaced as a whole), an
-    overlay MP4, and/or a COCO RLE JSON. They replace the old outputs together, once all are complete
-    (the video checked): a failed or interrupted run leaves the old ones as they were and no new ones.
+    overlay MP4, a COCO RLE JSON (``rle``), JSON lines (``jsonl``: one line per frame with each
+    object's RLE, area and bounding box; ``rle="-"`` or ``jsonl="-"`` writes them to standard output,
+    flushed frame by frame), and for editors: ``matte`` (white = object: an H.264 .mp4/.mov/.mkv, or a
+    folder of 8-bit PNGs), ``cutout`` (the frames with the matte as alpha: .webm VP9 ``yuva420p``, .mov
+    ProRes 4444, or a folder of RGBA PNGs) and ``soft`` (a folder: ``<id>/<frame>.png``, each object's
+    probability in 8 bits); ``objects`` selects the ids these three show (default: all). They replace the old outputs together, once all are complete (the video
+    checked): a failed or interrupted run leaves the old ones as they were and no new ones. When the
+    reader of a stream closes it early, every other output is discarded and
+    :class:`vostool.io.writers.OutputClosed` is raised.
+    ``direction``: ``"forward"`` (default), ``"backward"`` or ``"both"``, by the rule of
+    :data:`vostool.pipeline.DIRECTION_RULE`. Going backward through a video file decodes it forward in chunks, handed out in reverse (memory stays flat);
+    the backward results wait on disk (a temporary folder) until the outputs are written in frame order.
     ``tracker``: a :class:`vostool.Tracker` from :func:`vostool.load`, to reuse one loaded network
     across videos (then it supplies the model, device and settings, and ``model``, ``weights``,
     ``device``, ``size``, ``precision``, ``mem_every``, ``top_k``, ``max_memory_frames`` and ``offline``
     are not used). ``allow_truncated``: segment the frames a damaged video still decodes instead of
-    refusing it (see :func:`vostool.io.frames.open_frames`).
+    refusing it (see :func:`vostool.io.frames.open_frames`). ``progress(done, total)``: after each
+    frame; ``total`` is None for standard input.
 
     Raises :class:`vostool.VostoolError` for bad input, before any model work where it can be known
     then: :class:`~vostool.settings.SettingsError` (a subclass; its ``parameter`` names the argument) for
@@ -161,35 +187,48 @@ def segment(
             precision=precision, device=device,
         )
         settings = get_spec(model).settings_for(run)  # a setting the model lacks fails before any input is read
-    if out_dir is None and overlay is None and rle is None:
-        raise VostoolError("no output requested: pass --out DIR, --overlay FILE.mp4 and/or --rle FILE.json")
-    refuse_overwriting_inputs(
-        {"INPUT": input, "--mask": mask, "--masks": masks_dir},
-        {"--overlay": overlay, "--rle": rle},
-        ("--out", out_dir),
+    DirectionPlan(direction, {})  # a direction that does not exist fails here (SettingsError)
+    if is_stdin(input) and direction != FORWARD:
+        raise SettingsError("direction", direction, "standard input is read once, forward; give a video file or a frame folder")
+    targets = OutputTargets(
+        out_dir=out_dir, overlay=overlay, rle=rle, jsonl=jsonl, matte=matte, cutout=cutout, soft=soft,
+        objects=None if objects is None else tuple(objects),
     )
-    source = open_frames(input, allow_truncated=allow_truncated)
-    given, palette = read_given_masks(source, mask, masks_dir)
-    if out_dir is not None:
-        _check_ids_fit_png(given, mask, masks_dir)
-    outputs = _Outputs(out_dir, overlay, rle, palette, source.fps)  # checks the masks folder, writes nothing yet
-    if tracker is None:
-        tracker = build_tracker(model, settings, run.device, weights, offline=offline)
-    session = tracker.session(num_frames=len(source))
-    _warn_if_downscaled(source, tracker)
+    targets.check()
+    refuse_overwriting_inputs(
+        {"INPUT": None if is_stdin(input) else input, "--mask": mask, "--masks": masks_dir},
+        targets.files(),
+        folders=targets.folders(),
+    )
+    source = open_input(input, allow_truncated=allow_truncated)
+    try:
+        given, palette = read_given_masks(source, mask, masks_dir)
+        if out_dir is not None:
+            _check_ids_fit_png(given, mask, masks_dir)
+        mask_ids = sorted({int(i) for labels in given.values() for i in np.unique(labels) if i != 0})
+        targets.check_objects(mask_ids)
+        outputs = RunOutputs(targets, palette, source.fps, mask_ids)  # checks the output folders, writes nothing yet
+        if tracker is None:
+            tracker = build_tracker(model, settings, run.device, weights, offline=offline)
+        _warn_if_downscaled(source, tracker)
 
-    start = time.perf_counter()
-    with outputs:
-        # Decoding and writing run in background threads next to the model (see vostool.pipeline).
-        segment_stream(session, source, source.names, given, outputs.write, progress=progress)
+        start = time.perf_counter()
+        with outputs:
+            # Decoding and writing run in background threads next to the model (see vostool.pipeline).
+            frames, object_ids = propagate_video(
+                tracker, source, given, outputs.write, direction=direction,
+                probabilities=outputs.wants_probabilities, progress=progress,
+            )
+    finally:
+        getattr(source, "close", lambda: None)()  # stops the decoder of standard input
     return SegmentSummary(
         input=str(input),
         model=tracker.model,
         device=str(tracker.device),
         precision=tracker.settings.precision,
-        frames=len(source),
+        frames=frames,
         size=source.size,
-        objects=list(session.object_ids),
+        objects=list(object_ids),
         seconds=time.perf_counter() - start,
         outputs=outputs.written,
     )
@@ -221,86 +260,3 @@ def _warn_if_downscaled(source: FrameSource, tracker: Tracker) -> None:
             ),
             stacklevel=3,
         )
-
-
-class _Outputs:
-    """All requested outputs of one run, moved into place together once every one is complete.
-
-    The masks are written into a staging folder beside ``out_dir`` (the old folder is replaced as a
-    whole), the video and the RLE file into temporary files beside theirs (or inside the staging
-    folder when they lie in ``out_dir``). Only when the video has been checked and the RLE file
-    written do all of them move in, together (:func:`commit_together`); a failure or an interrupt
-    before that leaves every old output exactly as it was and removes every temporary file.
-    """
-
-    def __init__(self, out_dir, overlay, rle, palette: bytes | None, fps: float | None) -> None:
-        # Only checks here (StagedFolder raises OutputError for a folder it must not replace); files are
-        # created on entering, so an error in between (loading the model) leaves nothing behind.
-        self.targets = {"masks": out_dir, "overlay": overlay, "rle": rle}
-        self.palette, self.fps = palette, fps
-        self.nested = {
-            kind: inside
-            for kind in ("overlay", "rle")
-            if out_dir is not None and self.targets[kind] is not None
-            and (inside := path_inside(self.targets[kind], out_dir)) is not None
-        }
-        self.masks = StagedFolder(out_dir, MASK_FOLDER, extra=self.nested.values()) if out_dir is not None else None
-        self.palette_writer: PaletteWriter | None = None
-        self.overlay_writer: OverlayWriter | None = None
-        self.rle_writer: RleWriter | None = None
-        self.written: dict[str, str] = {}
-
-    def __enter__(self) -> _Outputs:
-        try:
-            if self.masks is not None:
-                self.palette_writer = PaletteWriter(self.masks.create(), self.palette)
-            if self.targets["overlay"] is not None:
-                self.overlay_writer = OverlayWriter(self._path("overlay"), self.fps, palette=self.palette)
-            if self.targets["rle"] is not None:
-                self.rle_writer = RleWriter(self._path("rle"))
-        except BaseException:
-            self._discard()
-            raise
-        return self
-
-    def _path(self, kind: str) -> Path:
-        nested = self.nested.get(kind)
-        return self.masks.temp / nested if nested is not None else Path(self.targets[kind])
-
-    def write(self, name: str, frame: np.ndarray, labels: np.ndarray) -> None:
-        if self.palette_writer is not None:
-            self.palette_writer.write(name, labels)
-        if self.overlay_writer is not None:
-            self.overlay_writer.write(frame, labels)
-        if self.rle_writer is not None:
-            self.rle_writer.write(name, labels)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._discard()
-            return
-        try:
-            commit_together(self._finish_files() + ([self.masks] if self.masks is not None else []))
-        except BaseException:
-            self._discard()
-            raise
-        self.written = {k: str(v) for k, v in self.targets.items() if v is not None}
-
-    def _finish_files(self) -> list[AtomicFile]:
-        """Finish and check the video and the RLE file; those in the masks folder move into its staging."""
-        pending = []
-        for kind, writer in (("overlay", self.overlay_writer), ("rle", self.rle_writer)):
-            if writer is None:
-                continue
-            file = writer.finish()
-            if kind in self.nested:
-                file.commit()
-            else:
-                pending.append(file)
-        return pending
-
-    def _discard(self) -> None:
-        steps = [writer.abort for writer in (self.overlay_writer, self.rle_writer) if writer is not None]
-        if self.masks is not None:
-            steps.append(self.masks.discard)
-        finish_despite_interrupts(steps)

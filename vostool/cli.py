@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import warnings
@@ -107,11 +108,13 @@ class FrameProgress:
         self.description = description
         self.bar: Progress | None = None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int | None) -> None:
         if self.bar is None:
+            # A stream of unknown length (standard input) has no total, so no ETA: frames and fps only.
+            eta = [TimeRemainingColumn()] if total is not None else []
             self.bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[fps]:.1f} fps"), TimeElapsedColumn(), TimeRemainingColumn(),
+                TextColumn("{task.fields[fps]:.1f} fps"), TimeElapsedColumn(), *eta,
                 console=err,
             )
             self.bar.start()
@@ -158,12 +161,18 @@ MODEL_HELP = f"Model name ({', '.join(MODELS)})."
 
 @app.command()
 def segment(
-    input: Annotated[Path, typer.Argument(help="Video file (mp4/mov/mkv/avi/webm) or folder of JPEG/PNG frames.")],
+    input: Annotated[Path, typer.Argument(help="Video file (mp4/mov/mkv/avi/webm), folder of JPEG/PNG frames, or - for a video piped into standard input (Matroska, WebM, MPEG-TS, ...).")],
     mask: Annotated[Optional[Path], typer.Option("--mask", "-m", help="First-frame mask: palette/grayscale PNG (values = object ids) or COCO RLE JSON.")] = None,
     masks: Annotated[Optional[Path], typer.Option("--masks", help="Folder of masks for any frames, named like the frames; a mask at frame t introduces its new ids from t on.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write palette PNG masks here, named like the input frames.")] = None,
     overlay: Annotated[Optional[Path], typer.Option("--overlay", help="Write an MP4 with the masks blended over the frames.")] = None,
-    rle: Annotated[Optional[Path], typer.Option("--rle", help="Write per-frame, per-object COCO RLE to this JSON file.")] = None,
+    rle: Annotated[Optional[Path], typer.Option("--rle", help="Write per-frame, per-object COCO RLE to this JSON file; - writes JSON lines to stdout, one flushed line per frame as it is done.")] = None,
+    jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Write one JSON line per frame (index, name, per-object RLE, area, bbox) to this file (or -), flushed frame by frame.")] = None,
+    matte: Annotated[Optional[Path], typer.Option("--matte", help="Write a grayscale matte (white = object): an H.264 .mp4/.mov/.mkv (yuv420p, full range) or a folder of 8-bit PNGs.")] = None,
+    cutout: Annotated[Optional[Path], typer.Option("--cutout", help="Write the frames with the matte as alpha: .webm (VP9 yuva420p), .mov (ProRes 4444) or a folder of RGBA PNGs.")] = None,
+    soft: Annotated[Optional[Path], typer.Option("--soft", help="Write each object's probability as 8-bit PNGs, DIR/<id>/<frame>.png (before the argmax, at the frames' size).")] = None,
+    objects: Annotated[Optional[str], typer.Option("--objects", help="Object ids that form --matte, --cutout and --soft, e.g. 1,3 (default: all).")] = None,
+    direction: Annotated[str, typer.Option("--direction", help="forward, backward or both. forward: each object from the first frame it is annotated on to the end; backward: from the last frame it is annotated on back to the start; both: every frame takes each object from its nearest annotation, forward from an earlier one or backward from a later one (a tie goes forward). Annotate the middle frame with --masks and use both.")] = "forward",
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = DEFAULT_MODEL,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint file (overrides the registry's default).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -177,20 +186,46 @@ def segment(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a one-line JSON summary on stdout.")] = False,
 ) -> None:
-    """Segment the objects of the first-frame mask through a video."""
-    with user_errors(), frame_progress(f"segment {input.name}", quiet) as progress:
-        from .api import segment as run_segment
+    """Segment the objects of the first-frame mask through a video.
 
-        summary = run_segment(
-            input, mask, masks_dir=masks, model=model, weights=weights, device=device, size=size,
-            precision=precision, out_dir=out_dir, overlay=overlay, rle=rle, mem_every=mem_every,
-            top_k=top_k, max_memory_frames=max_memory_frames, offline=offline, progress=progress,
-            allow_truncated=allow_truncated,
-        )
+    Progress and the summary go to stderr; stdout carries only data (--json, --rle -, --jsonl -). When
+    the reader of stdout stops early (| head), the run ends quietly with exit 0 and writes no file.
+    """
+    from .io.writers import OutputClosed
+
+    name = "stdin" if str(input) == "-" else input.name
+    try:
+        with user_errors(), frame_progress(f"segment {name}", quiet) as progress:
+            from .api import segment as run_segment
+
+            streamed = [flag for flag, path in (("--rle", rle), ("--jsonl", jsonl)) if str(path) == "-"]
+            if as_json and streamed:
+                raise VostoolError(f"--json: {streamed[0]} - already writes the frames to stdout; drop --json or give a file")
+            from .io.outputs import parse_object_ids
+
+            summary = run_segment(
+                input, mask, masks_dir=masks, model=model, weights=weights, device=device, size=size,
+                precision=precision, out_dir=out_dir, overlay=overlay, rle=rle, jsonl=jsonl, matte=matte,
+                cutout=cutout, soft=soft, objects=None if objects is None else parse_object_ids(objects),
+                direction=direction,
+                mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames, offline=offline,
+                progress=progress, allow_truncated=allow_truncated,
+            )
+    except OutputClosed:
+        _stdout_gone()
     if as_json:
         print(json.dumps(summary.to_dict()), flush=True)
     if not quiet:
         err.print(_summary_table(summary))
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout left (``| head -1``): what it read is all it wanted. Exit 0 without a word,
+    and with stdout pointed at /dev/null so that Python's final flush cannot complain either."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    raise typer.Exit(0)
 
 
 def _summary_table(summary) -> Table:

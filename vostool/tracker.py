@@ -14,7 +14,7 @@ videos never leak into each other (several sessions may even be stepped in turn,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from .engine.config import ModelSettings
 from .engine.core import StepResult, VideoPropagator
 from .engine.protocol import VOSNetwork
 from .errors import VostoolError
+from .io.frames import FrameSource
 from .settings import RunSettings
 
 Frame = np.ndarray | torch.Tensor
@@ -93,6 +94,56 @@ class Session:
         self._propagator: VideoPropagator | None = None
         self._pending: dict[int, np.ndarray] = {}
         self._next_index = 0
+        self._step_by = 1  # -1 once the session goes backward (start_reverse)
+
+    @property
+    def reversed(self) -> bool:
+        """Whether this session goes backward through its video (:meth:`reverse`, :meth:`start_reverse`)."""
+        return self._step_by < 0
+
+    def start_reverse(self, start: int) -> None:
+        """Go backward: the next :meth:`step` is frame ``start``, then ``start - 1``, ... down to 0.
+
+        Only on a new session (one that has stepped no frame yet); masks for frame ``start`` or earlier
+        may be added before and during the run. The length the engine is told (``num_frames``) is the
+        frames left to step, ``start + 1``, unless the session was given one.
+        """
+        if self._propagator is not None or self._next_index != 0 or self.reversed:
+            raise VostoolError("a session goes one way: start_reverse() needs a new session")
+        if not isinstance(start, int) or start < 0:
+            raise VostoolError(f"start must be a frame index (0 or more), got {start!r}")
+        later = [t for t in self._pending if t > start]
+        if later:
+            raise VostoolError(f"a mask is given for frame {min(later)}, after frame {start} where going backward starts")
+        self._step_by = -1
+        self._next_index = start
+        if self.num_frames is None:
+            self.num_frames = start + 1
+
+    def reverse(
+        self, frames: Sequence[Frame] | FrameSource, masks: Mapping[int, np.ndarray] | None = None, *,
+        start: int | None = None,
+    ) -> Iterator[FrameResult]:
+        """Segment backward, yielding the results of frames ``start``, ``start - 1``, ..., 0 (each
+        ``FrameResult.index`` is the frame's index in the video).
+
+        ``frames``: the video in its natural order: a :class:`vostool.io.frames.FrameSource` (a video
+        file is decoded forward in chunks and handed out in reverse, never held whole; a folder is read
+        file by file) or a sequence (list, array, tensor) of frames. ``masks``: label maps by frame index,
+        as for :meth:`track`; an object is tracked from the last frame it is annotated on toward frame 0.
+        ``start``: default the latest frame with a mask. Needs a new session (see :meth:`start_reverse`).
+        """
+        masks = dict(masks or {})
+        if start is None:
+            annotated = [*masks, *self._pending]
+            if not annotated:
+                raise VostoolError("reverse() needs a mask (or start=) to know where to begin")
+            start = max(annotated)
+        self.start_reverse(start)
+        for frame_index, labels in sorted(masks.items()):
+            self.add_masks(frame_index, labels)
+        for frame in _reversed_frames(frames, start):
+            yield self.step(frame)
 
     @property
     def next_index(self) -> int:
@@ -107,9 +158,10 @@ class Session:
     def add_masks(self, frame_index: int, labels: np.ndarray) -> None:
         """Objects annotated on frame ``frame_index`` (the next frame or a later one): an (H, W) integer
         label map, 0 = background. Several masks for one frame are merged (later ones win)."""
-        if frame_index < self._next_index:
+        if (frame_index - self._next_index) * self._step_by < 0:
+            later = "earlier" if self.reversed else "later"
             raise VostoolError(
-                f"frame {frame_index} was already segmented; masks can be added for frame {self._next_index} or later"
+                f"frame {frame_index} was already segmented; masks can be added for frame {self._next_index} or {later}"
             )
         labels = _label_map(labels)
         if frame_index in self._pending:
@@ -152,6 +204,8 @@ class Session:
         size = frame.size if isinstance(frame, PreparedFrame) else tuple(frame.shape[:2])
         propagator = self._propagator_for(size)
         index = self._next_index
+        if index < 0:
+            raise VostoolError("going backward, frame 0 was the last frame")
         given = self._pending.pop(index, None)
         if given is not None and given.shape != size:
             raise VostoolError(
@@ -162,7 +216,8 @@ class Session:
             result = propagator.step_preprocessed(frame.image, given)
         else:
             result = propagator.step(frame, given)
-        self._next_index += 1
+        self._next_index += self._step_by
+        result.index = index  # the frame's index in the video (the engine counts its steps)
         return result
 
     def _propagator_for(self, frame_size: tuple[int, int]) -> VideoPropagator:
@@ -218,6 +273,16 @@ def build_tracker(
 
     torch_device = resolve_device(device)
     return Tracker(load_network(model, weights, torch_device, settings, offline=offline), model, torch_device)
+
+
+def _reversed_frames(frames: Sequence[Frame] | FrameSource, start: int) -> Iterator[Frame]:
+    if hasattr(frames, "iter_reversed"):
+        return frames.iter_reversed(start)
+    if not (hasattr(frames, "__getitem__") and hasattr(frames, "__len__")):
+        raise VostoolError("reverse() needs the video as a sequence of frames or a frame source (an iterator cannot be read backward)")
+    if start >= len(frames):
+        raise VostoolError(f"reverse() starts at frame {start} but the video has {len(frames)} frames")
+    return (frames[index] for index in range(start, -1, -1))
 
 
 def _label_map(labels: np.ndarray) -> np.ndarray:

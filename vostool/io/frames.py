@@ -46,6 +46,25 @@ class FrameSource(ABC):
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def frame_count(self) -> int | None:
+        """The number of frames (None for a stream of unknown length, :class:`vostool.io.stdin.StdinFrames`)."""
+        return len(self.names)
+
+    def name_of(self, index: int) -> str:
+        """The output stem of frame ``index``."""
+        return self.names[index]
+
+    def iter_reversed(self, start: int | None = None, stop: int = 0) -> Iterator[np.ndarray]:
+        """Frames ``start`` (default: the last), ``start - 1``, ..., ``stop``, without holding the video."""
+        raise NotImplementedError
+
+    def _reversed_range(self, start: int | None, stop: int) -> range:
+        start = len(self) - 1 if start is None else start
+        if not 0 <= stop <= start < len(self):
+            raise ValueError(f"cannot read frames {start} down to {stop} of {len(self)}")
+        return range(start, stop - 1, -1)
+
     @abstractmethod
     def __iter__(self) -> Iterator[np.ndarray]:
         """Yield each frame as a writable (H, W, 3) uint8 RGB array, decoding one frame per step."""
@@ -103,6 +122,13 @@ class FolderFrames(FrameSource):
         for file in self.files:
             frame = _read_rgb(file)
             self._check_size(file, frame.shape[:2])
+            yield frame
+
+    def iter_reversed(self, start: int | None = None, stop: int = 0) -> Iterator[np.ndarray]:
+        """Frames ``start`` down to ``stop``, each file read when its turn comes."""
+        for index in self._reversed_range(start, stop):
+            frame = _read_rgb(self.files[index])
+            self._check_size(self.files[index], frame.shape[:2])
             yield frame
 
     def _check_size(self, file: Path, size: tuple[int, int]) -> None:
@@ -185,6 +211,7 @@ class VideoFrames(FrameSource):
         count = _checked_count(path, decode, declared, self.fps, allow_truncated)
         digits = max(5, len(str(count - 1)))
         self.names = [f"{index:0{digits}d}" for index in range(count)]
+        self._times: np.ndarray | None = None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         height, width = self.size
@@ -211,6 +238,90 @@ class VideoFrames(FrameSource):
         if count < len(self):
             # The file changed or became unreadable since it was opened.
             raise InputError(f"video ended early: decoded {count} of {len(self)} frames", self.path)
+
+
+    def iter_reversed(
+        self, start: int | None = None, stop: int = 0, *, chunk_frames: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Frames ``start`` down to ``stop``. ffmpeg cannot decode backward, so the video is decoded
+        forward in chunks of ``chunk_frames`` (default: as many as fit in :data:`REVERSE_CHUNK_BYTES`),
+        each handed out in reverse before the chunk before it is decoded: at most one chunk is held.
+
+        Each chunk is found by a frame-accurate seek: ffmpeg seeks to the keyframe before it and
+        decodes up to it, dropping every frame presented before the chunk's first; the seek time is
+        half-way between that frame's presentation time and its predecessor's (from one scan of the
+        video, :meth:`frame_times`), so rounding, B-frame reordering and variable frame rates cannot
+        move it by a frame.
+        """
+        indices = self._reversed_range(start, stop)
+        chunk = chunk_frames or max(1, min(MAX_REVERSE_CHUNK, REVERSE_CHUNK_BYTES // (self.size[0] * self.size[1] * 3)))
+        end = indices.start + 1
+        while end > stop:
+            begin = max(stop, end - chunk)
+            frames = self._decode_range(begin, end)
+            while frames:
+                yield frames.pop()  # handed out and forgotten, last first
+            end = begin
+
+    def frame_times(self) -> np.ndarray:
+        """Each frame's presentation time in seconds from the start of the video (one decode, then cached)."""
+        if self._times is None:
+            self._times = _scan_frame_times(self.path, len(self))
+        return self._times
+
+    def _decode_range(self, begin: int, end: int) -> list[np.ndarray]:
+        height, width = self.size
+        if begin == 0:
+            seek = []  # from the start: no seek, and no scan of the frame times
+        else:
+            times = self.frame_times()
+            seek = ["-ss", f"{(times[begin - 1] + times[begin]) / 2:.6f}"]
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", *seek, "-i", str(self.path),
+            "-map", "0:v:0", "-fps_mode", "passthrough", "-frames:v", str(end - begin),
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+        ]  # fmt: skip
+        try:
+            run = subprocess.run(command, capture_output=True, check=False)
+        except OSError as err:
+            raise InputError(f"cannot decode video ({err.strerror or err})", self.path) from err
+        frame_bytes = height * width * 3
+        count = len(run.stdout) // frame_bytes
+        if run.returncode != 0 or count != end - begin:
+            reason = _last_line(run.stderr.decode(errors="replace")) if run.returncode else f"got {count}"
+            raise InputError(f"cannot decode frames {begin}-{end - 1} ({reason})", self.path)
+        data = memoryview(run.stdout)
+        return [
+            np.frombuffer(bytearray(data[i * frame_bytes : (i + 1) * frame_bytes]), np.uint8).reshape(height, width, 3)
+            for i in range(count)
+        ]
+
+
+# Backward reading holds one chunk of decoded frames: this many bytes at most (and this many frames).
+REVERSE_CHUNK_BYTES = 64 * 2**20
+MAX_REVERSE_CHUNK = 64
+_PTS_TIME = re.compile(r"\bn:\s*(\d+)\s+pts:\s*-?\d+\s+pts_time:\s*(-?[\d.]+)")
+
+
+def _scan_frame_times(path: Path, count: int) -> np.ndarray:
+    """The presentation time of every frame as ffmpeg presents them (passthrough, as __iter__ decodes)."""
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0",
+        "-fps_mode", "passthrough", "-vf", "showinfo=checksum=0", "-f", "null", "-",
+    ]  # fmt: skip
+    times = np.full(count, np.nan)
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError as err:
+        raise InputError(f"cannot decode video ({err.strerror or err})", path) from err
+    with process:
+        for raw in process.stderr:  # one line per frame, parsed as it comes: nothing grows but the array
+            match = _PTS_TIME.search(raw.decode(errors="replace"))
+            if match and int(match.group(1)) < count:
+                times[int(match.group(1))] = float(match.group(2))
+    if process.returncode != 0 or np.isnan(times).any() or (np.diff(times) <= 0).any():
+        raise InputError("cannot find the frames' presentation times to read the video backward", path)
+    return times
 
 
 def _probe(path: Path) -> dict:

@@ -22,16 +22,21 @@ def refuse_overwriting_inputs(
     inputs: Mapping[str, PathLike | None],
     output_files: Mapping[str, PathLike | None],
     output_folder: tuple[str, PathLike | None] = ("--out", None),
+    *,
+    folders: Mapping[str, PathLike | None] | None = None,
 ) -> None:
     """Raise OutputError when an output would overwrite an input or another output.
 
     ``inputs`` and ``output_files`` map a name for the user (``--mask``, ``--rle``) to a path or None;
-    ``output_folder`` is the (name, path) of a folder the run replaces as a whole.
+    ``output_folder`` is the (name, path) of a folder the run replaces as a whole, ``folders`` more of
+    them. Files may lie inside ``--out`` (they are written into its staging folder), not inside another
+    folder output; folder outputs must not overlap.
     """
     # A missing input cannot be overwritten; its reader reports it, in the user's terms.
     given_inputs = {name: Path(path) for name, path in inputs.items() if path is not None and Path(path).exists()}
     files = {name: Path(path) for name, path in output_files.items() if path is not None}
-    folder_name, folder = output_folder[0], None if output_folder[1] is None else Path(output_folder[1])
+    replaced = {name: Path(path) for name, path in ({output_folder[0]: output_folder[1]} | dict(folders or {})).items()
+                if path is not None}  # fmt: skip
     for name, path in files.items():
         for input_name, input_path in given_inputs.items():
             if _same(path, input_path):
@@ -39,15 +44,26 @@ def refuse_overwriting_inputs(
         for other_name, other in files.items():
             if other_name < name and _same(path, other):
                 raise OutputError(f"{name} and {other_name} name the same file", path)
-    if folder is None:
-        return
-    for input_name, input_path in given_inputs.items():
+    for folder_name, folder in replaced.items():
+        _refuse_replacing(folder_name, folder, given_inputs, files, replaced)
+
+
+def _refuse_replacing(
+    folder_name: str, folder: Path, inputs: Mapping[str, Path], files: Mapping[str, Path], folders: Mapping[str, Path]
+) -> None:
+    for input_name, input_path in inputs.items():
         if _same(folder, input_path) or path_inside(input_path, folder) is not None:
             raise OutputError(
                 f"{folder_name} would replace the {input_name} input (the folder is replaced whole); "
                 "choose another folder",
                 folder,
             )
+    for file_name, file in files.items():
+        if _same(folder, file) or (folder_name != "--out" and path_inside(file, folder) is not None):
+            raise OutputError(f"{file_name} lies in {folder_name}, which is replaced whole; write it elsewhere", file)
+    for other_name, other in folders.items():
+        if other_name != folder_name and (_same(folder, other) or path_inside(other, folder) is not None):
+            raise OutputError(f"{other_name} and {folder_name} overlap; each is replaced whole, give separate folders", other)
 
 
 def _same(a: Path, b: Path) -> bool:

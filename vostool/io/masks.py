@@ -107,9 +107,12 @@ def read_mask(
 
 
 def read_masks_dir(
-    folder: str | Path, frame_names: Sequence[str], size: tuple[int, int] | None = None
+    folder: str | Path, frame_names: Sequence[str] | None, size: tuple[int, int] | None = None
 ) -> dict[int, LabelMap]:
     """Read the masks in ``folder`` and key them by the index of the frame they belong to.
+
+    ``frame_names`` None: frames of a stream whose length is unknown (standard input), named by number
+    from 0, so a mask's stem must be a frame number ("12.png" or "00012.png" for frame 12).
 
     A mask belongs to the frame whose name equals its stem ("00012.png" or "00012.json" for frame
     "00012"); failing an exact match, a numeric stem matches the one frame with the same number
@@ -131,7 +134,7 @@ def read_masks_dir(
             frames = frame_index.describe()
             raise InputError(f"mask {file.stem!r} matches no frame name (frames are {frames})", file)
         if index in found:
-            raise InputError(f"mask and {found[index].name} are both for frame {frame_names[index]!r}", file)
+            raise InputError(f"mask and {found[index].name} are both for frame {frame_index.name(index)!r}", file)
         found[index] = file
     masks = {}
     for index in sorted(found):
@@ -167,8 +170,9 @@ def _is_number(text: str) -> bool:
 class _FrameIndex:
     """Finds the frame a mask stem belongs to: exact name first, then equal number."""
 
-    def __init__(self, frame_names: Sequence[str]) -> None:
-        self.names = list(frame_names)
+    def __init__(self, frame_names: Sequence[str] | None) -> None:
+        self.numbered = frame_names is None  # a stream: frame n is named by its number
+        self.names = list(frame_names or [])
         self.by_name = {name: index for index, name in enumerate(self.names)}
         by_number: dict[int, list[int]] = {}
         for index, name in enumerate(self.names):
@@ -177,11 +181,18 @@ class _FrameIndex:
         self.by_number = {number: indices[0] for number, indices in by_number.items() if len(indices) == 1}
 
     def lookup(self, stem: str) -> int | None:
+        if self.numbered:
+            return int(stem) if _is_number(stem) else None
         if stem in self.by_name:
             return self.by_name[stem]
         return self.by_number.get(int(stem)) if _is_number(stem) else None
 
+    def name(self, index: int) -> str:
+        return str(index) if self.numbered else self.names[index]
+
     def describe(self) -> str:
+        if self.numbered:
+            return "numbered from 0, as standard input is read"
         if not self.names:
             return "none"
         if len(self.names) == 1:

@@ -10,10 +10,13 @@ process that was killed. A whole run's outputs are made atomic together by ``vos
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import os
 import re
+import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +36,16 @@ from vostool.io.staging import make_folders, remove_created_folders, remove_stal
 
 __all__ = [
     "AtomicFile",
+    "JsonlWriter",
+    "OutputClosed",
     "OverlayWriter",
     "PaletteWriter",
+    "VideoWriter",
     "RleWriter",
     "atomic_path",
     "blend_overlay",
     "encode_rle_objects",
+    "frame_record",
     "read_rle_video",
     "write_text_atomic",
 ]
@@ -211,12 +218,18 @@ class PaletteWriter:
             )
         image = Image.fromarray(labels.astype(np.uint8, copy=False))
         image.putpalette(self.palette)  # turns the greyscale image into mode P without touching indices
-        with atomic_path(path, sweep=False) as temp:
-            try:
-                image.save(temp, format="PNG", compress_level=1)
-            except OSError as err:
-                raise OutputError(f"cannot write mask ({err.strerror or err})", path) from err
+        save_png(path, image)
         return path
+
+
+def save_png(path: Path, image: Image.Image, what: str = "mask") -> None:
+    """Write ``image`` as a PNG at ``path`` through a temporary file (fast compression: outputs are
+    written once per frame); OutputError naming ``what`` if it cannot be written."""
+    with atomic_path(path, sweep=False) as temp:
+        try:
+            image.save(temp, format="PNG", compress_level=1)
+        except OSError as err:
+            raise OutputError(f"cannot write {what} ({err.strerror or err})", path) from err
 
 
 def blend_overlay(
@@ -257,34 +270,28 @@ def _object_edges(labels: np.ndarray) -> np.ndarray:
     return differs & (labels > 0)
 
 
-class OverlayWriter(_CommitOnSuccess):
-    """Streams frames with their masks blended in to an H.264 video (yuv420p, playable everywhere).
+class VideoWriter(_CommitOnSuccess):
+    """Streams pictures to a video file through an ffmpeg process of its own; subclasses say what a
+    frame's picture is (:meth:`write`) and how it is encoded (:attr:`INPUT_PIX_FMT`, :meth:`codec_params`).
 
-    The video is encoded into a temporary file by an ffmpeg process of its own. :meth:`finish` waits
-    for ffmpeg, checks its exit status (a full disk shows only there) and that the file decodes to
-    every frame written; :meth:`close` then renames it onto ``path``; :meth:`abort` (or an exception
-    inside a ``with`` block) stops ffmpeg and removes the file. Odd frame sizes are padded by one
-    edge-replicated row/column, because yuv420p needs even dimensions.
+    The video is encoded into a temporary file. :meth:`finish` waits for ffmpeg, checks its exit status
+    (a full disk shows only there) and that the file decodes to every frame written; :meth:`close` then
+    renames it onto ``path``; :meth:`abort` (or an exception inside a ``with`` block) stops ffmpeg and
+    removes the file. With :attr:`EVEN_SIZE` (yuv420p H.264), odd frame sizes are padded by one
+    edge-replicated row/column.
     """
 
-    def __init__(
-        self,
-        path: str | Path,
-        fps: float | None,
-        palette: bytes | None = None,
-        alpha: float = 0.5,
-        contour: bool = True,
-    ) -> None:
+    SUFFIXES: frozenset[str] = OVERLAY_SUFFIXES
+    WHAT = "video"  # for messages
+    INPUT_PIX_FMT = "rgb24"
+    EVEN_SIZE = True
+
+    def __init__(self, path: str | Path, fps: float | None) -> None:
         self.path = Path(path)
-        if self.path.suffix.lower() not in OVERLAY_SUFFIXES:
-            raise OutputError(f"overlay video must end in {', '.join(sorted(OVERLAY_SUFFIXES))}", self.path)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if self.path.suffix.lower() not in self.SUFFIXES:
+            raise OutputError(f"{self.WHAT} must end in {', '.join(sorted(self.SUFFIXES))}", self.path)
         self._created_folders = ensure_file_target(self.path)  # removed again if the video is not written
         self.fps = float(fps) if fps else DEFAULT_FPS
-        self.colors = colors(palette)
-        self.alpha = alpha
-        self.contour = contour
         self.frames_written = 0
         self._file = AtomicFile(self.path)
         self._encoder: _FfmpegEncoder | None = None
@@ -292,21 +299,20 @@ class OverlayWriter(_CommitOnSuccess):
         self._closed = False  # no more frames (finished or aborted)
         self._finished = False
 
-    def write(self, frame_rgb: np.ndarray, labels: np.ndarray) -> None:
-        """Blend ``labels`` over ``frame_rgb`` ((H, W, 3) uint8) and append it to the video."""
+    def codec_params(self) -> list[str]:
+        """ffmpeg's output options: codec, pixel format, quality."""
+        raise NotImplementedError
+
+    def _encode(self, picture: np.ndarray) -> None:
+        """Append one (H, W) or (H, W, C) uint8 picture, in :attr:`INPUT_PIX_FMT`."""
         if self._closed:
-            raise ValueError("OverlayWriter is closed")
-        frame_rgb = np.asarray(frame_rgb)
-        labels = _check_labels(labels)
-        if frame_rgb.dtype != np.uint8 or frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3:
-            raise ValueError(f"frame must be (H, W, 3) uint8, got {frame_rgb.dtype} {frame_rgb.shape}")
-        if labels.shape != frame_rgb.shape[:2]:
-            raise ValueError(f"labels {labels.shape} do not match frame {frame_rgb.shape[:2]}")
+            raise ValueError(f"{type(self).__name__} is closed")
         if self._size is None:
-            self._start(frame_rgb.shape[:2])
-        elif frame_rgb.shape[:2] != self._size:
-            raise ValueError(f"frame size {frame_rgb.shape[:2]} differs from the first frame's {self._size}")
-        picture = _pad_to_even(blend_overlay(frame_rgb, labels, self.colors, self.alpha, self.contour))
+            self._start(picture.shape[:2])
+        elif picture.shape[:2] != self._size:
+            raise ValueError(f"frame size {picture.shape[:2]} differs from the first frame's {self._size}")
+        if self.EVEN_SIZE:
+            picture = _pad_to_even(picture)
         try:
             self._encoder.send(np.ascontiguousarray(picture))
         except BaseException:
@@ -317,12 +323,15 @@ class OverlayWriter(_CommitOnSuccess):
     def _start(self, size: tuple[int, int]) -> None:
         self._size = size
         height, width = size
-        output_params = ["-preset", "veryfast"]
+        if self.EVEN_SIZE:
+            height, width = height + height % 2, width + width % 2
+        output_params = self.codec_params()
         if self.path.suffix.lower() in (".mp4", ".mov"):
             output_params += ["-movflags", "+faststart"]  # playable while still downloading
         remove_stale_temps(self.path.parent)
-        self._encoder = _FfmpegEncoder(self._file.temp, (width + width % 2, height + height % 2), self.fps,
-                                       output_params, self.path)
+        self._encoder = _FfmpegEncoder(
+            self._file.temp, (width, height), self.fps, output_params, self.path, input_pix_fmt=self.INPUT_PIX_FMT
+        )
 
     def finish(self) -> AtomicFile:
         """Finish encoding and check the video; raise OutputError (temporary file removed) if it is bad."""
@@ -330,7 +339,7 @@ class OverlayWriter(_CommitOnSuccess):
             return self._file
         self._closed = True
         if self._encoder is None:
-            raise OutputError("no frames were written to the overlay video", self.path)
+            raise OutputError(f"no frames were written to the {self.WHAT}", self.path)
         try:
             self._encoder.finish()  # waits for ffmpeg to flush and exit; raises on a failed exit
             self._check_decodes()
@@ -362,8 +371,50 @@ class OverlayWriter(_CommitOnSuccess):
         remove_created_folders(self._created_folders)
 
 
+def check_frame(frame: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An (H, W, 3) uint8 RGB frame and its (H, W) labels of the same size, or ValueError."""
+    frame = np.asarray(frame)
+    labels = _check_labels(labels)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"frame must be (H, W, 3) uint8, got {frame.dtype} {frame.shape}")
+    if labels.shape != frame.shape[:2]:
+        raise ValueError(f"labels {labels.shape} do not match frame {frame.shape[:2]}")
+    return frame, labels
+
+
+class OverlayWriter(VideoWriter):
+    """Streams frames with their masks blended in to an H.264 video (yuv420p, playable everywhere)."""
+
+    WHAT = "overlay video"
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float | None,
+        palette: bytes | None = None,
+        alpha: float = 0.5,
+        contour: bool = True,
+    ) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        super().__init__(path, fps)
+        self.colors = colors(palette)
+        self.alpha = alpha
+        self.contour = contour
+
+    def codec_params(self) -> list[str]:
+        return ["-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(OVERLAY_CRF), "-preset", "veryfast"]
+
+    def write(self, frame_rgb: np.ndarray, labels: np.ndarray) -> None:
+        """Blend ``labels`` over ``frame_rgb`` ((H, W, 3) uint8) and append it to the video."""
+        if self._closed:
+            raise ValueError("OverlayWriter is closed")
+        frame_rgb, labels = check_frame(frame_rgb, labels)
+        self._encode(blend_overlay(frame_rgb, labels, self.colors, self.alpha, self.contour))
+
+
 class _FfmpegEncoder:
-    """One ffmpeg process encoding raw RGB frames from its stdin into ``temp``.
+    """One ffmpeg process encoding raw frames (``input_pix_fmt``) from its stdin into ``temp``.
 
     Driven directly rather than through imageio-ffmpeg's ``write_frames``, whose generator ignores
     ffmpeg's exit status and lets its stderr through to the terminal: here the exit status is checked
@@ -371,14 +422,16 @@ class _FfmpegEncoder:
     group, so Ctrl-C reaches only vostool, which then stops it (:meth:`kill`).
     """
 
-    def __init__(self, temp: Path, size: tuple[int, int], fps: float, output_params: list[str], target: Path) -> None:
+    def __init__(
+        self, temp: Path, size: tuple[int, int], fps: float, output_params: list[str], target: Path,
+        *, input_pix_fmt: str = "rgb24",
+    ) -> None:
         self.target = target  # for messages
         width, height = size
         command = [
             imageio_ffmpeg.get_ffmpeg_exe(), "-y",
-            "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}", "-pix_fmt", "rgb24",
+            "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}", "-pix_fmt", input_pix_fmt,
             "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an",
-            "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(OVERLAY_CRF),
             "-v", "error", *output_params, str(temp),
         ]
         if os.name == "posix":
@@ -458,7 +511,7 @@ def _pad_to_even(picture: np.ndarray) -> np.ndarray:
     height, width = picture.shape[:2]
     if height % 2 == 0 and width % 2 == 0:
         return picture
-    return np.pad(picture, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    return np.pad(picture, ((0, height % 2), (0, width % 2)) + ((0, 0),) * (picture.ndim - 2), mode="edge")
 
 
 def encode_rle_objects(labels: np.ndarray) -> list[dict]:
@@ -521,3 +574,124 @@ class RleWriter(_CommitOnSuccess):
         self.frames = []
         self._file.discard()
         remove_created_folders(self._created_folders)
+
+
+# ------------------------------------------------------------------------------------- JSON lines
+
+STDOUT = "-"
+
+
+class OutputClosed(Exception):
+    """The reader of a streamed output (standard output, a FIFO) closed it: a pipeline such as
+    ``vostool segment - --rle - | head -1`` has all it wants. Not an error of the run; the CLI exits 0."""
+
+
+def frame_record(index: int, name: str, labels: np.ndarray, object_ids: tuple[int, ...] | None = None) -> dict:
+    """One frame as a JSON line: ``{"index", "name", "size": [H, W], "objects": [{"id", "size", "counts",
+    "area", "bbox": [x, y, w, h]}]}``; the objects are ``object_ids`` (those tracked, absent ones with
+    area 0) or, without them, the ids present."""
+    labels = _check_labels(labels)
+    height, width = labels.shape
+    ids = object_ids if object_ids is not None else [int(i) for i in np.unique(labels) if i != 0]
+    objects = []
+    for object_id in ids:
+        rle = mask_api.encode(np.asfortranarray(labels == object_id, dtype=np.uint8))
+        x, y, w, h = (int(v) for v in mask_api.toBbox(rle))
+        counts = rle["counts"].decode("ascii")
+        objects.append({"id": int(object_id), "size": [height, width], "counts": counts,
+                        "area": int(mask_api.area(rle)), "bbox": [x, y, w, h]})
+    return {"index": int(index), "name": str(name), "size": [height, width], "objects": objects}
+
+
+def is_stream_target(path: str | Path) -> bool:
+    """Whether an output path is written live rather than through a temporary file: ``-`` (standard
+    output), a FIFO or a character device (``/dev/stdout``, ``/dev/fd/3``)."""
+    if str(path) == STDOUT:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+class JsonlWriter(_CommitOnSuccess):
+    """One JSON line per frame (:func:`frame_record`), flushed as soon as the frame is done.
+
+    ``-`` writes to standard output, a FIFO or character device is written directly: both live, for a
+    reader downstream. A regular file is written (and flushed line by line) under a temporary name and
+    moved into place with the run's other outputs, so a failed run leaves no partial file. A reader
+    that closes a stream early raises :class:`OutputClosed`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.live = is_stream_target(path)
+        self._created_folders = [] if self.live else ensure_file_target(self.path)
+        self._file = AtomicFile(self.path)
+        self._handle = None
+        self._finished = False
+
+    def write(self, index: int, name: str, labels: np.ndarray, object_ids: tuple[int, ...] | None = None) -> None:
+        line = json.dumps(frame_record(index, name, labels, object_ids), separators=(",", ":")) + "\n"
+        try:
+            handle = self._open()
+            handle.write(line)
+            handle.flush()
+        except OSError as err:
+            raise self._failure(err) from err
+
+    def _failure(self, err: OSError) -> Exception:
+        if isinstance(err, BrokenPipeError) or (self.live and err.errno == errno.ECONNRESET):
+            return OutputClosed(f"{self._shown()} was closed by its reader")
+        return OutputError(f"cannot write file ({err.strerror or err})", self.path)
+
+    def _open(self):
+        if self._handle is None:
+            if str(self.path) == STDOUT:
+                self._handle = sys.stdout
+            else:
+                if not self.live:
+                    remove_stale_temps(self.path.parent)
+                self._handle = open(self.path if self.live else self._file.temp, "w", encoding="utf-8")
+        return self._handle
+
+    def _shown(self) -> str:
+        return "standard output" if str(self.path) == STDOUT else str(self.path)
+
+    def finish(self) -> AtomicFile | None:
+        """Close the file; None for a live stream (nothing to move into place)."""
+        if not self._finished:
+            try:
+                self._open()  # a run of no frames still writes its (empty) file
+                self._close_handle()
+            except BaseException as err:
+                self.abort()
+                if isinstance(err, OSError):
+                    raise self._failure(err) from err
+                raise
+            self._finished = True
+        return None if self.live else self._file
+
+    def close(self) -> None:
+        if self.live:
+            self.finish()
+        else:
+            super().close()
+
+    def _close_handle(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is sys.stdout:
+            handle.flush()
+        elif handle is not None:
+            handle.close()
+
+    def abort(self) -> None:
+        self._aborted = True
+        try:
+            self._close_handle()
+        except OSError:
+            pass
+        if not self.live:
+            self._file.discard()
+            remove_created_folders(self._created_folders)
