@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .engine.aggregate import aggregate
+from .engine.labels import HostLabels
 from .engine.timing import carry_to_thread, stage
 from .errors import VostoolError
 
@@ -37,7 +38,7 @@ WRITE_BEHIND = 8
 
 if TYPE_CHECKING:
     from .io.frames import FrameSource
-    from .tracker import FrameResult, Session, Tracker
+    from .tracker import FrameResult, PreparedFrame, Session, Tracker
 
 WriteFn = Callable[[str, np.ndarray, np.ndarray], None]
 ProgressFn = Callable[[int, int | None], None]  # (done, total); total None: unknown (a stream)
@@ -209,9 +210,14 @@ class FrameOutput:
     index: int
     name: str
     frame: np.ndarray
-    labels: np.ndarray
+    host_labels: HostLabels
     object_ids: tuple[int, ...]
     probabilities: np.ndarray | None = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The label ids (the first read, in the writer thread, waits for the device's copy)."""
+        return self.host_labels.numpy()
 
 
 OutputFn = Callable[[FrameOutput], None]
@@ -266,21 +272,36 @@ def stream_outputs(
     done, progress_total = counted or (0, total)
     name_of = names if callable(names) else names.__getitem__
     count = 0
-    with FramePrefetcher(frames, limit=total) as reader, BackgroundWriter(write) as writer:
-        for t, frame in enumerate(reader):
+    source = _prepared(session, frames) if session is not None else ((frame, None) for frame in frames)
+    with FramePrefetcher(source, limit=total) as reader, BackgroundWriter(write) as writer:
+        for t, (frame, prepared) in enumerate(reader):
             result = None
             if session is not None:
                 if t in given:
                     session.add_masks(t, given[t])
-                result = session.step(frame)
-            labels, object_ids, probs = merge(t, result) if merge is not None else (
-                result.labels, result.object_ids, result.probabilities)
+                result = session.step(frame if prepared is None else prepared)
+            if merge is not None:
+                labels, object_ids, probs = merge(t, result)
+                labels = HostLabels.ready(labels)
+            else:
+                labels, object_ids, probs = result.host_labels, result.object_ids, result.probabilities
             host = probs.cpu().numpy() if probabilities else None
             writer.submit(FrameOutput(t, name_of(t), frame, labels, object_ids, host))
             count = t + 1
             if progress is not None:
                 progress(done + count, progress_total)
     return count
+
+
+def _prepared(session: Session, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, PreparedFrame | None]]:
+    """Each frame with its network input, made here, i.e. in the reader thread that iterates this: the
+    next frame is normalised, resized and copied to the device while the model computes the current one.
+    A frame whose size differs from the first is passed on unprepared, so that the session's own
+    check reports it with its index."""
+    size = None
+    for frame in frames:
+        size = size or frame.shape[:2]
+        yield frame, (session.prepare(frame) if frame.shape[:2] == size else None)
 
 
 def _total(names: Names, limit: int | None) -> int | None:

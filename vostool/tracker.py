@@ -23,6 +23,7 @@ import torch
 
 from .engine.config import ModelSettings
 from .engine.core import StepResult, VideoPropagator
+from .engine.labels import HostLabels
 from .engine.protocol import VOSNetwork
 from .errors import VostoolError
 from .io.frames import FrameSource
@@ -50,13 +51,19 @@ class FrameResult:
     """
 
     index: int
-    labels: np.ndarray
+    host_labels: HostLabels  # ``labels`` on their way from the device (read ``labels``)
     object_ids: tuple[int, ...]
     probabilities: torch.Tensor
 
+    @property
+    def labels(self) -> np.ndarray:
+        # The first read waits for the device's copy: a run reads it in its writer thread, so the
+        # per-frame loop never waits for the GPU.
+        return self.host_labels.numpy()
+
     @classmethod
     def from_step(cls, step: StepResult) -> FrameResult:
-        return cls(step.index, step.labels, step.object_ids, step.probabilities)
+        return cls(step.index, step.host_labels, step.object_ids, step.probabilities)
 
 
 class Tracker:

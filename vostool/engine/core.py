@@ -19,6 +19,7 @@ import torch
 
 from .aggregate import aggregate
 from .config import ModelSettings
+from .labels import HostLabels
 from .memory import MemoryBank, MemoryEntry, Write
 from .protocol import ObjectStates, VOSNetwork
 from .timing import stage
@@ -32,10 +33,15 @@ class StepResult:
     """One segmented frame: labels at the original size with the user's ids, and the probabilities."""
 
     index: int
-    labels: np.ndarray  # (H0, W0), dtype of the given masks' ids
+    host_labels: HostLabels  # (H0, W0) ids, dtype of the given masks' ids; may still be on their way
     prob_padded: torch.Tensor  # (K+1, 1, Hp, Wp) aggregated probabilities at the padded size
     object_ids: tuple[int, ...]  # id of channel 1..K
     probabilities: torch.Tensor  # (K+1, H0, W0) the same at the original size; channel 0 = background
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The label ids on the host (waits for the device's copy the first time)."""
+        return self.host_labels.numpy()
 
 
 class VideoPropagator:
@@ -164,18 +170,17 @@ class VideoPropagator:
         entry = MemoryEntry(t, key, values, tuple(range(len(self.object_ids))), pinned=annotated)
         self.bank.add(entry, write)
 
-    def _labels(self, probabilities: torch.Tensor) -> np.ndarray:
+    def _labels(self, probabilities: torch.Tensor) -> HostLabels:
         # Channel indices narrowed on the device: the copy to the host moves 1 byte per pixel, not 8.
         narrow = torch.uint8 if probabilities.shape[0] <= 256 else torch.int32
-        index = probabilities.argmax(dim=0).to(narrow).cpu().numpy()
         lut = np.array([0, *self.object_ids], dtype=self.label_dtype)
-        return lut[index]
+        return HostLabels(probabilities.argmax(dim=0).to(narrow), lut)
 
     def _empty_result(self, t: int) -> StepResult:
         hp, wp = self.geometry.padded
         prob = torch.ones(1, 1, hp, wp, device=self.device)
         background = torch.ones(1, *self.geometry.original, device=self.device)
-        return StepResult(t, np.zeros(self.geometry.original, self.label_dtype), prob, (), background)
+        return StepResult(t, HostLabels.ready(np.zeros(self.geometry.original, self.label_dtype)), prob, (), background)
 
 
 def propagate(
