@@ -63,18 +63,26 @@ def lite():
     return vostool.load("propagate-lite0", device="cpu", size=64)
 
 
+def random_weights_tracker(model: str) -> Tracker:
+    """``model`` on random weights at the frames' own size: the plumbing is under test, not the masks."""
+    from tests.conftest import settings_for
+    from vostool.models.registry import get_spec
+
+    torch.manual_seed(0)
+    network = get_spec(model).build(None, torch.device("cpu"), settings_for(model, short_side=None))
+    return Tracker(network, model, torch.device("cpu"))
+
+
 @pytest.fixture(scope="module")
 def stcn():
-    from tests.conftest import settings_for
-    from vostool.models.stcn.adapter import build
-
-    torch.manual_seed(0)  # random weights at the frames' own size: the plumbing is under test, not the masks
-    return Tracker(build(None, "cpu", settings_for("stcn", short_side=None)), "stcn", torch.device("cpu"))
+    return random_weights_tracker("stcn")
 
 
-@pytest.mark.parametrize("model", ["lite", "stcn"])
+# One model per package (simvos-l and simvos-bs run SimVOS-B's adapter code at 3-15x its CPU time).
+@pytest.mark.parametrize("model", ["propagate-lite0", "stcn", "simvos-b", "sitvos", "jointformer"])
 def test_middle_annotation_both_ways_is_the_two_passes_joined(request, model, tmp_path):
-    tracker = request.getfixturevalue(model)
+    tracker = request.getfixturevalue("lite") if model == "propagate-lite0" else (
+        request.getfixturevalue("stcn") if model == "stcn" else random_weights_tracker(model))
     frames, labels = box_clip(8)
     middle = 4
     write_frames(tmp_path / "frames", frames)
