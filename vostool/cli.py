@@ -154,6 +154,11 @@ def main_options(
 
 
 MODEL_HELP = f"Model name ({', '.join(MODELS)})."
+PRECISION_HELP = (
+    "fp32, tf32, fp16 or bf16. fp32: TF32 off on CUDA (parity with the official code); tf32: TF32 "
+    "products and convolutions allowed on CUDA (on the CPU the same as fp32); fp16/bf16: autocast, with "
+    "the memory affinity, softmax and soft aggregation kept in fp32."
+)
 
 
 @app.command()
@@ -168,7 +173,7 @@ def segment(
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint file (overrides the registry's default).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     size: Annotated[Optional[int], typer.Option("--size", help="Internal short side in pixels, 64-2160 (default: the model's, 480); -1 = native. The long side is capped at 3.56x the short side: a more elongated video is processed smaller, and the run says so.")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "fp32",
     mem_every: Annotated[Optional[int], typer.Option("--mem-every", help="Write a frame to memory every N frames (default: the model's).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Memory positions read per query position (default: the model's).")] = None,
     max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", help="Cap on memory frames; annotated frames stay, the oldest others are dropped.")] = None,
@@ -219,7 +224,7 @@ def eval_command(
     weights: Annotated[Optional[Path], typer.Option("--weights", help="With --model: checkpoint file.")] = None,
     device: Annotated[str, typer.Option("--device", help="With --model: auto, cpu, cuda or mps.")] = "auto",
     size: Annotated[Optional[int], typer.Option("--size", help="With --model: internal short side (-1 = native).")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="With --model: fp32, fp16 or bf16.")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help=f"With --model: {PRECISION_HELP}")] = "fp32",
     mem_every: Annotated[Optional[int], typer.Option("--mem-every", help="With --model: memory interval.")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="With --model: top-k readout.")] = None,
     max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", help="With --model: memory cap.")] = None,
@@ -365,7 +370,7 @@ BENCH_JSON_HELP = (
 def bench(
     model: Annotated[Optional[list[str]], typer.Option("--model", help=f"Model to measure; repeat for several. {MODEL_HELP}")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "fp32",
     size: Annotated[int, typer.Option("--size", help="Internal short side; the synthetic clip is rendered at it (16:9).")] = 480,
     objects: Annotated[int, typer.Option("--objects", min=1, max=255, help="Objects in the first-frame mask.")] = 2,
     frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames per run (default: 8 on CPU, 100 on a GPU).")] = None,

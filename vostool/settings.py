@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from .errors import VostoolError
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+# fp32 (TF32 off on CUDA, for parity), tf32 (allowed on CUDA; fp32 on the CPU), fp16/bf16 autocast.
+# What each one computes how: vostool.engine.precision.
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 NATIVE_SIZE = -1
 # The smallest internal short side any model can segment at: every network matches on a grid 16 times
 # coarser than its input, so below 32 pixels a frame is a single row of cells and masks come out empty

@@ -45,7 +45,8 @@ class ModelSettings:
     """Everything that configures one built network: pre-processing, memory policy, top-k, precision.
 
     ``top_k``: how many memory positions each query position reads, or None for a model without a
-    top-k readout. ``precision``: "fp32", or "fp16"/"bf16" for autocast on the device.
+    top-k readout. ``precision``: "fp32", "tf32" (TF32 products on CUDA) or "fp16"/"bf16" (autocast on
+    the device), see :mod:`vostool.engine.precision`.
     """
 
     preprocessing: Preprocessing

@@ -8,17 +8,22 @@ from collections.abc import Sequence
 
 import torch
 
+from .precision import float32_region
+
 
 def l2_affinity(mem_key: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
     """STCN's affinity: negative squared L2 distance without the query-norm term, / sqrt(C).
 
     ``mem_key`` is ``(C, N)``, ``query_key`` ``(C, P)``; the result is ``(N, P)``. The query norm
     cancels in the softmax over memory, so it is left out, exactly as the official code does; the
-    order of operations (2ab - a², then the scale) is kept for bit-exact parity.
+    order of operations (2ab - a², then the scale) is kept for bit-exact parity. Always float32, also
+    under autocast: in bf16 the two terms are large and nearly cancel.
     """
-    a_sq = mem_key.pow(2).sum(0).unsqueeze(1)
-    ab = mem_key.transpose(0, 1) @ query_key
-    return (2 * ab - a_sq) / math.sqrt(mem_key.shape[0])
+    with float32_region(mem_key):
+        mem_key, query_key = mem_key.float(), query_key.float()
+        a_sq = mem_key.pow(2).sum(0).unsqueeze(1)
+        ab = mem_key.transpose(0, 1) @ query_key
+        return (2 * ab - a_sq) / math.sqrt(mem_key.shape[0])
 
 
 def topk_softmax(affinity: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -27,11 +32,14 @@ def topk_softmax(affinity: torch.Tensor, top_k: int) -> torch.Tensor:
     Unlike the official code we subtract the column maximum before exponentiating (it overflows to
     NaN when a score exceeds ~88.7); the result is identical wherever the official one is finite.
     ``top_k`` is clamped to the number of memory positions (the official code crashes there).
+    Float32 whatever the type of ``affinity``.
     """
-    k = min(top_k, affinity.shape[0])
-    values, indices = torch.topk(affinity, k=k, dim=0)
-    weights = torch.softmax(values, dim=0)
-    return torch.zeros_like(affinity).scatter_(0, indices, weights)
+    with float32_region(affinity):
+        affinity = affinity.float()
+        k = min(top_k, affinity.shape[0])
+        values, indices = torch.topk(affinity, k=k, dim=0)
+        weights = torch.softmax(values, dim=0)
+        return torch.zeros_like(affinity).scatter_(0, indices, weights)
 
 
 def topk_l2_readout(
