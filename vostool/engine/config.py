@@ -53,6 +53,7 @@ class ModelSettings:
     memory: MemoryPolicy
     top_k: int | None = None
     precision: str = "fp32"
+    compile: bool = False  # torch.compile the fixed-shape parts when the network is built
 
     def merged(self, run: RunSettings, model: str) -> ModelSettings:
         """These defaults with the user's overrides ``run`` (validated already) applied once.
@@ -72,4 +73,5 @@ class ModelSettings:
             memory=self.memory.with_overrides(run.mem_every, run.max_memory_frames),
             top_k=self.top_k if run.top_k is None else run.top_k,
             precision=run.precision,
+            compile=run.compile,
         )
