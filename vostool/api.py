@@ -149,6 +149,7 @@ def segment(
     progress: ProgressCallback | None = None,
     tracker: Tracker | None = None,
     allow_truncated: bool = False,
+    compile: bool = False,
 ) -> SegmentSummary:
     """Segment the objects of ``mask`` (and/or ``masks_dir``) through the video or frame folder ``input``
     (``"-"``: a video piped into standard input, read as it arrives).
@@ -169,10 +170,11 @@ def segment(
     the backward results wait on disk (a temporary folder) until the outputs are written in frame order.
     ``tracker``: a :class:`vostool.Tracker` from :func:`vostool.load`, to reuse one loaded network
     across videos (then it supplies the model, device and settings, and ``model``, ``weights``,
-    ``device``, ``size``, ``precision``, ``mem_every``, ``top_k``, ``max_memory_frames`` and ``offline``
-    are not used). ``allow_truncated``: segment the frames a damaged video still decodes instead of
-    refusing it (see :func:`vostool.io.frames.open_frames`). ``progress(done, total)``: after each
-    frame; ``total`` is None for standard input.
+    ``device``, ``size``, ``precision``, ``mem_every``, ``top_k``, ``max_memory_frames``, ``offline`` and
+    ``compile`` are not used). ``allow_truncated``: segment the frames a damaged video still decodes instead of
+    refusing it (see :func:`vostool.io.frames.open_frames`). ``compile``: ``torch.compile`` the network's
+    encoders and decoders (see :func:`vostool.load`). ``progress(done, total)``: after each frame;
+    ``total`` is None for standard input.
 
     Raises :class:`vostool.VostoolError` for bad input, before any model work where it can be known
     then: :class:`~vostool.settings.SettingsError` (a subclass; its ``parameter`` names the argument) for
@@ -184,7 +186,7 @@ def segment(
     if tracker is None:
         run = RunSettings(
             size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
-            precision=precision, device=device,
+            precision=precision, device=device, compile=compile,
         )
         settings = get_spec(model).settings_for(run)  # a setting the model lacks fails before any input is read
     DirectionPlan(direction, {})  # a direction that does not exist fails here (SettingsError)

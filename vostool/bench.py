@@ -10,7 +10,9 @@ For each model it measures, as medians over repeated runs after a warm-up:
 * **time per stage** (ms per frame, see :data:`vostool.engine.timing.STAGES`);
 * **peak memory**: process RSS and ``torch.cuda.max_memory_allocated``;
 * **memory growth**: peak memory after short and long streams of frames at a small size, which shows
-  whether memory is bounded (``max_memory_frames``) or grows with the video.
+  whether memory is bounded (``max_memory_frames``) or grows with the video;
+* with ``compile``: the **compile time**, paid on the first frames of the resolution (see
+  :func:`_compile_seconds`); the speeds are those of the compiled network.
 
 Without an input video a synthetic clip is rendered (textured background, moving objects) and encoded
 as H.264, so decoding costs what a real video costs. Models that need a released checkpoint run with
@@ -40,6 +42,7 @@ from PIL import Image
 
 from . import __version__
 from .api import load_network, resolve_device
+from .engine.compile import compile_network
 from .engine.core import VideoPropagator
 from .engine.protocol import VOSNetwork
 from .engine.timing import StageTimer
@@ -68,6 +71,7 @@ class BenchSettings:
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     device: str = "auto"
     precision: str = "fp32"
+    compile: bool = False  # torch.compile the fixed-shape parts (vostool.engine.compile)
     size: int = DEFAULT_SIZE  # internal short side; the synthetic clip is rendered at this size too
     objects: int = 2
     frames: int | None = None  # frames per run (default: 8 on CPU, 100 on a GPU)
@@ -97,7 +101,8 @@ class BenchSettings:
     def run_settings(self) -> RunSettings:
         """The options bench shares with ``segment``, validated the same way."""
         return RunSettings(
-            size=self.size, max_memory_frames=self.max_memory_frames, precision=self.precision, device=self.device
+            size=self.size, max_memory_frames=self.max_memory_frames, precision=self.precision, device=self.device,
+            compile=self.compile,
         )
 
     def check(self) -> None:
@@ -150,6 +155,7 @@ class ModelResult:
     frame_size: list[int]  # (H, W) of the video
     input_size: list[int]  # (H, W) the network sees, padded
     load_seconds: float
+    compile_seconds: float | None  # None without compile
     model_only: dict
     end_to_end: dict
     stages_ms_per_frame: dict[str, float]
@@ -239,6 +245,12 @@ def _bench_model(
     given = {0: first_mask}
     runner = _Runner(tracker, source, frames, given, workdir)
 
+    compile_run = None
+    if settings.compile:
+        # After the growth runs (which stay eager): the graphs are those of this resolution alone.
+        log(f"{model}: compiling (torch.compile, on the first frames)")
+        compile_network(network)
+        compile_run = runner.model_only(min(COMPILE_FRAMES, frames))
     log(f"{model}: warm-up, then model-only runs ({frames} frames preloaded)")
     if settings.warmup > 0:
         runner.model_only(settings.warmup)
@@ -262,6 +274,7 @@ def _bench_model(
         frame_size=list(source.size),
         input_size=list(runner.input_size),
         load_seconds=load_seconds,
+        compile_seconds=None if compile_run is None else _compile_seconds(compile_run, model_runs, frames),
         model_only=_speed_summary(model_runs, frames),
         end_to_end={
             **_speed_summary(e2e_runs, frames),
@@ -275,6 +288,18 @@ def _bench_model(
         },
         growth=growth,
     )
+
+
+# Frames of the run that compiles: the first frame (key and value encoders), the second (the decoder, one
+# memory frame) and the third (two memory frames), so the shapes of a steady run are all seen.
+COMPILE_FRAMES = 3
+
+
+def _compile_seconds(compile_run: _Run, model_runs: Sequence[_Run], frames: int) -> float:
+    """The compiling run's time beyond what its frames take compiled (median of the timed runs)."""
+    frames_run = min(COMPILE_FRAMES, frames)
+    per_frame = statistics.median(run.seconds for run in model_runs) / frames
+    return max(0.0, compile_run.seconds - frames_run * per_frame)
 
 
 def _weights_for(model: str, settings: BenchSettings, workdir: Path) -> tuple[Path | None, str, str | None]:

@@ -157,6 +157,15 @@ def main_options(
 
 
 MODEL_HELP = f"Model name ({', '.join(MODELS)})."
+PRECISION_HELP = (
+    "fp32, tf32, fp16 or bf16. fp32: TF32 off on CUDA (parity with the official code); tf32: TF32 "
+    "products and convolutions allowed on CUDA (on the CPU the same as fp32); fp16/bf16: autocast, with "
+    "the memory affinity, softmax and soft aggregation kept in fp32."
+)
+COMPILE_HELP = (
+    "torch.compile the encoders and decoders (the memory readout stays eager): the first frame of a "
+    "resolution compiles them (seconds to minutes, longest on CPU), later frames run faster."
+)
 
 
 @app.command()
@@ -177,7 +186,8 @@ def segment(
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint file (overrides the registry's default).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     size: Annotated[Optional[int], typer.Option("--size", help="Internal short side in pixels, 64-2160 (default: the model's, 480); -1 = native. The long side is capped at 3.56x the short side: a more elongated video is processed smaller, and the run says so.")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "fp32",
+    compile: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
     mem_every: Annotated[Optional[int], typer.Option("--mem-every", help="Write a frame to memory every N frames (default: the model's).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Memory positions read per query position (default: the model's).")] = None,
     max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", help="Cap on memory frames; annotated frames stay, the oldest others are dropped.")] = None,
@@ -209,7 +219,7 @@ def segment(
                 cutout=cutout, soft=soft, objects=None if objects is None else parse_object_ids(objects),
                 direction=direction,
                 mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames, offline=offline,
-                progress=progress, allow_truncated=allow_truncated,
+                progress=progress, allow_truncated=allow_truncated, compile=compile,
             )
     except OutputClosed:
         _stdout_gone()
@@ -254,7 +264,8 @@ def eval_command(
     weights: Annotated[Optional[Path], typer.Option("--weights", help="With --model: checkpoint file.")] = None,
     device: Annotated[str, typer.Option("--device", help="With --model: auto, cpu, cuda or mps.")] = "auto",
     size: Annotated[Optional[int], typer.Option("--size", help="With --model: internal short side (-1 = native).")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="With --model: fp32, fp16 or bf16.")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help=f"With --model: {PRECISION_HELP}")] = "fp32",
+    compile: Annotated[bool, typer.Option("--compile", help=f"With --model: {COMPILE_HELP}")] = False,
     mem_every: Annotated[Optional[int], typer.Option("--mem-every", help="With --model: memory interval.")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="With --model: top-k readout.")] = None,
     max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", help="With --model: memory cap.")] = None,
@@ -272,7 +283,7 @@ def eval_command(
             from .eval.predict import segment_davis
 
             settings = RunSettings(size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
-                                   precision=precision, device=device)  # validated before anything is read
+                                   precision=precision, device=device, compile=compile)  # validated before anything is read
 
             results = results or Path("vostool-results") / f"{model}-davis{year}-{subset}"
             with frame_progress("segment", quiet) as progress:
@@ -388,7 +399,8 @@ BENCH_JSON_HELP = (
     'JSON (--json, schema "vostool-bench-v1", described in docs/benchmarks.md): {"schema", "vostool", '
     '"machine": {platform, torch, cpu, device, device_name, load_average_1min, ...}, "settings": {the options}, '
     '"results": [{"model", "weights": bundled|file|synthetic, "note", "frames", "frame_size": [H, W], '
-    '"input_size": [H, W], "load_seconds", "model_only": {"fps", "fps_runs", "seconds_runs"}, '
+    '"input_size": [H, W], "load_seconds", "compile_seconds" (with --compile, else null), '
+    '"model_only": {"fps", "fps_runs", "seconds_runs"}, '
     '"end_to_end": {"fps", "fps_runs", "seconds_runs", "open_seconds", "outputs"}, '
     '"stages_ms_per_frame": {stage: ms}, "memory": {"end_to_end"|"model_only": {"rss_start_bytes", '
     '"peak_rss_bytes", "gpu_start_bytes", "peak_gpu_bytes"}}, "growth": [{"frames", "frame_size", '
@@ -400,7 +412,8 @@ BENCH_JSON_HELP = (
 def bench(
     model: Annotated[Optional[list[str]], typer.Option("--model", help=f"Model to measure; repeat for several. {MODEL_HELP}")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 or bf16 (autocast).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "fp32",
+    compile: Annotated[bool, typer.Option("--compile", help=f"{COMPILE_HELP} The compile time is reported apart.")] = False,
     size: Annotated[int, typer.Option("--size", help="Internal short side; the synthetic clip is rendered at it (16:9).")] = 480,
     objects: Annotated[int, typer.Option("--objects", min=1, max=255, help="Objects in the first-frame mask.")] = 2,
     frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Frames per run (default: 8 on CPU, 100 on a GPU).")] = None,
@@ -420,7 +433,7 @@ def bench(
     from .bench import DEFAULT_GROWTH_FRAMES, BenchSettings, run_bench
 
     settings = BenchSettings(
-        models=tuple(model or [DEFAULT_MODEL]), device=device, precision=precision, size=size, objects=objects,
+        models=tuple(model or [DEFAULT_MODEL]), device=device, precision=precision, compile=compile, size=size, objects=objects,
         frames=frames, repeats=repeats, warmup=warmup, input=str(input) if input else None,
         weights=str(weights) if weights else None, max_memory_frames=max_memory_frames,
         growth_frames=() if no_growth else tuple(growth_frames or DEFAULT_GROWTH_FRAMES), growth_size=growth_size,
@@ -461,6 +474,8 @@ def _bench_table(report) -> Table:
     row("model-only fps", [f"{r.model_only['fps']:.2f}" for r in results], style="bold")
     row("end-to-end fps", [f"{r.end_to_end['fps']:.2f}" for r in results], style="bold")
     row("load / open (s)", [f"{r.load_seconds:.2f} / {r.end_to_end['open_seconds']:.2f}" for r in results])
+    if report.settings.compile:
+        row("compile (s)", [f"{r.compile_seconds:.1f}" for r in results])
     seen = {stage for r in results for stage in r.stages_ms_per_frame}
     for stage in [s for s in STAGES if s in seen] + sorted(seen - set(STAGES)):
         row(f"  {stage} (ms/frame)", [f"{r.stages_ms_per_frame[stage]:.1f}" if stage in r.stages_ms_per_frame else "-" for r in results])

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from .errors import VostoolError
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+# fp32 (TF32 off on CUDA, for parity), tf32 (allowed on CUDA; fp32 on the CPU), fp16/bf16 autocast.
+# What each one computes how: vostool.engine.precision.
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 NATIVE_SIZE = -1
 # The smallest internal short side any model can segment at: every network matches on a grid 16 times
 # coarser than its input, so below 32 pixels a frame is a single row of cells and masks come out empty
@@ -50,7 +52,8 @@ class RunSettings:
     """Overrides of a model's defaults; ``None`` keeps the model's own value.
 
     ``size``: internal short side in pixels, or ``-1`` for native resolution. They are merged into a
-    model's defaults once, by :meth:`vostool.engine.config.ModelSettings.merged`.
+    model's defaults once, by :meth:`vostool.engine.config.ModelSettings.merged`. ``compile``: run the
+    encoders and decoders through ``torch.compile`` (compiled on the first frame of each resolution).
     """
 
     size: int | None = None
@@ -59,6 +62,7 @@ class RunSettings:
     max_memory_frames: int | None = None
     precision: str = "fp32"
     device: str = "auto"
+    compile: bool = False  # torch.compile the network's fixed-shape parts (vostool.engine.compile)
 
     def __post_init__(self) -> None:
         validate_size(self.size)
@@ -68,6 +72,8 @@ class RunSettings:
         if self.precision not in PRECISIONS:
             raise SettingsError("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
         validate_device_name(self.device)
+        if not isinstance(self.compile, bool):
+            raise SettingsError("compile", self.compile, "must be True or False")
 
 
 def validate_size(size: int | None) -> None:

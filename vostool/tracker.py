@@ -252,20 +252,23 @@ def load(
     mem_every: int | None = None,
     top_k: int | None = None,
     max_memory_frames: int | None = None,
+    compile: bool = False,
     settings: RunSettings | None = None,
 ) -> Tracker:
     """Build ``model`` (default: the offline default model) on ``device`` once, for any number of videos.
 
     Settings are validated before anything is loaded (:class:`~vostool.settings.SettingsError` names
     the parameter); a checkpoint is downloaded on first use unless ``offline`` (see ``vostool weights``).
-    ``settings``: a :class:`~vostool.settings.RunSettings` already made (the CLI's), instead of the
-    ``device`` ... ``max_memory_frames`` arguments.
+    ``compile``: ``torch.compile`` the network's encoders and decoders (the memory readout stays eager);
+    they compile on the first frame of a resolution, which then takes seconds to minutes (see
+    :mod:`vostool.engine.compile`). ``settings``: a :class:`~vostool.settings.RunSettings` already made
+    (the CLI's), instead of the ``device`` ... ``compile`` arguments.
     """
     from .models.registry import DEFAULT_MODEL, get_spec
 
     run = settings or RunSettings(
         size=size, mem_every=mem_every, top_k=top_k, max_memory_frames=max_memory_frames,
-        precision=precision, device=device,
+        precision=precision, device=device, compile=compile,
     )
     model = model or DEFAULT_MODEL
     return build_tracker(model, get_spec(model).settings_for(run), run.device, weights, offline=offline)
@@ -275,11 +278,16 @@ def build_tracker(
     model: str, settings: ModelSettings, device: str, weights: str | Path | None = None, *, offline: bool = False
 ) -> Tracker:
     """A :class:`Tracker` of ``model`` built with ``settings`` (the model's defaults merged with the
-    user's, :meth:`vostool.models.spec.ModelSpec.settings_for`) on ``device`` (a validated name)."""
+    user's, :meth:`vostool.models.spec.ModelSpec.settings_for`) on ``device`` (a validated name), its
+    fixed-shape parts compiled when ``settings.compile``."""
     from .api import load_network, resolve_device
+    from .engine.compile import compile_network
 
     torch_device = resolve_device(device)
-    return Tracker(load_network(model, weights, torch_device, settings, offline=offline), model, torch_device)
+    network = load_network(model, weights, torch_device, settings, offline=offline)
+    if settings.compile:
+        compile_network(network)
+    return Tracker(network, model, torch_device)
 
 
 def _reversed_frames(frames: Sequence[Frame] | FrameSource, start: int) -> Iterator[Frame]:

@@ -45,13 +45,15 @@ class ModelSettings:
     """Everything that configures one built network: pre-processing, memory policy, top-k, precision.
 
     ``top_k``: how many memory positions each query position reads, or None for a model without a
-    top-k readout. ``precision``: "fp32", or "fp16"/"bf16" for autocast on the device.
+    top-k readout. ``precision``: "fp32", "tf32" (TF32 products on CUDA) or "fp16"/"bf16" (autocast on
+    the device), see :mod:`vostool.engine.precision`.
     """
 
     preprocessing: Preprocessing
     memory: MemoryPolicy
     top_k: int | None = None
     precision: str = "fp32"
+    compile: bool = False  # torch.compile the fixed-shape parts when the network is built
 
     def merged(self, run: RunSettings, model: str) -> ModelSettings:
         """These defaults with the user's overrides ``run`` (validated already) applied once.
@@ -71,4 +73,5 @@ class ModelSettings:
             memory=self.memory.with_overrides(run.mem_every, run.max_memory_frames),
             top_k=self.top_k if run.top_k is None else run.top_k,
             precision=run.precision,
+            compile=run.compile,
         )

@@ -10,7 +10,6 @@ unless the memory policy keeps every memory frame (official STCN behaviour; cap 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -21,12 +20,10 @@ from .aggregate import aggregate
 from .config import ModelSettings
 from .labels import HostLabels
 from .memory import MemoryBank, MemoryEntry, Write
+from .precision import autocast, tf32_matmul
 from .protocol import ObjectStates, VOSNetwork
 from .timing import stage
 from .transforms import Geometry, clear_padding, preprocess_frame, preprocess_masks, unpad_and_resize
-
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 @dataclass
 class StepResult:
@@ -71,13 +68,8 @@ class VideoPropagator:
         self.num_frames = num_frames
         self.object_ids: list[int] = []  # slot -> user id
         self.label_dtype = np.uint8
-        self.autocast_dtype = PRECISIONS[settings.precision]
+        self.precision = settings.precision  # see vostool.engine.precision
         self.t = 0
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def step(self, frame: np.ndarray | torch.Tensor, given: np.ndarray | None = None) -> StepResult:
         """Segment the next frame. ``given``: a label map (H0, W0) of objects annotated on this frame."""
@@ -105,12 +97,16 @@ class VideoPropagator:
     @torch.inference_mode()
     def step_preprocessed(self, image: torch.Tensor, given: np.ndarray | None = None) -> StepResult:
         """:meth:`step` for a frame already turned into network input by :meth:`preprocess`."""
+        with tf32_matmul(self.precision, self.device):
+            return self._step(image, given)
+
+    def _step(self, image: torch.Tensor, given: np.ndarray | None) -> StepResult:
         t, self.t = self.t, self.t + 1
         is_last = self.num_frames is not None and t == self.num_frames - 1
         self._register_objects(given)
         if not self.object_ids:  # nothing to track yet (objects appear later)
             return self._empty_result(t)
-        with self._autocast():
+        with autocast(self.precision, self.device):
             with stage("key_encoding"):
                 query = self.network.encode_query(image)
             with stage("segment"):
@@ -164,7 +160,7 @@ class VideoPropagator:
         masks = prob[1:]
         if self.prep.zero_padded_memory_masks:
             masks = clear_padding(masks, self.geometry)
-        with self._autocast():
+        with autocast(self.precision, self.device):
             values = self.network.encode_value(image, query, masks, self.states)
             key = self.network.memory_key(query)
         entry = MemoryEntry(t, key, values, tuple(range(len(self.object_ids))), pinned=annotated)

@@ -8,17 +8,22 @@ from collections.abc import Sequence
 
 import torch
 
+from .precision import float32_region
+
 
 def l2_affinity(mem_key: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
     """STCN's affinity: negative squared L2 distance without the query-norm term, / sqrt(C).
 
     ``mem_key`` is ``(C, N)``, ``query_key`` ``(C, P)``; the result is ``(N, P)``. The query norm
     cancels in the softmax over memory, so it is left out, exactly as the official code does; the
-    order of operations (2ab - a², then the scale) is kept for bit-exact parity.
+    order of operations (2ab - a², then the scale) is kept for bit-exact parity. Always float32, also
+    under autocast: in bf16 the two terms are large and nearly cancel.
     """
-    a_sq = mem_key.pow(2).sum(0).unsqueeze(1)
-    ab = mem_key.transpose(0, 1) @ query_key
-    return (2 * ab - a_sq) / math.sqrt(mem_key.shape[0])
+    with float32_region(mem_key):
+        mem_key, query_key = mem_key.float(), query_key.float()
+        a_sq = mem_key.pow(2).sum(0).unsqueeze(1)
+        ab = mem_key.transpose(0, 1) @ query_key
+        return (2 * ab - a_sq) / math.sqrt(mem_key.shape[0])
 
 
 def topk_softmax(affinity: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -27,11 +32,14 @@ def topk_softmax(affinity: torch.Tensor, top_k: int) -> torch.Tensor:
     Unlike the official code we subtract the column maximum before exponentiating (it overflows to
     NaN when a score exceeds ~88.7); the result is identical wherever the official one is finite.
     ``top_k`` is clamped to the number of memory positions (the official code crashes there).
+    Float32 whatever the type of ``affinity``.
     """
-    k = min(top_k, affinity.shape[0])
-    values, indices = torch.topk(affinity, k=k, dim=0)
-    weights = torch.softmax(values, dim=0)
-    return torch.zeros_like(affinity).scatter_(0, indices, weights)
+    with float32_region(affinity):
+        affinity = affinity.float()
+        k = min(top_k, affinity.shape[0])
+        values, indices = torch.topk(affinity, k=k, dim=0)
+        weights = torch.softmax(values, dim=0)
+        return torch.zeros_like(affinity).scatter_(0, indices, weights)
 
 
 # Floats held at once by the chunked top-k readout: the affinity scores of a chunk of query positions
@@ -54,13 +62,20 @@ def topk_l2_readout(
     ``top_k`` weights multiply the value rows *gathered* at their memory positions. The readout then
     costs ``K·Cv·top_k·P`` multiply-adds instead of ``K·Cv·N·P``, and N grows with the video.
     """
+    with float32_region(mem_key):  # float32 also under autocast (see l2_affinity); no-op casts in fp32
+        return _chunked_topk_readout(mem_key.float(), mem_value, query_key.float(), top_k)
+
+
+def _chunked_topk_readout(
+    mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, top_k: int
+) -> torch.Tensor:
     n, p = mem_key.shape[1], query_key.shape[1]
     objects, _, channels = mem_value.shape
     k = min(top_k, n)
     a_sq = mem_key.pow(2).sum(0)
     scale = math.sqrt(mem_key.shape[0])
     chunk = max(1, min(READOUT_CHUNK_SCORES // n, READOUT_CHUNK_ROWS // (objects * k * channels)))
-    out = mem_value.new_empty(objects, channels, p)
+    out = mem_key.new_empty(objects, channels, p)
     for start in range(0, p, chunk):
         query = query_key[:, start : start + chunk]
         c = query.shape[1]
@@ -68,7 +83,7 @@ def topk_l2_readout(
         affinity = torch.addmm(a_sq, query.transpose(0, 1), mem_key, beta=-1 / scale, alpha=2 / scale)
         scores, indices = torch.topk(affinity, k=k, dim=1)
         weights = torch.softmax(scores, dim=1)  # (c, k)
-        rows = mem_value.index_select(1, indices.flatten()).view(objects * c, k, channels)
+        rows = mem_value.index_select(1, indices.flatten()).view(objects * c, k, channels).float()
         read = torch.bmm(weights.repeat(objects, 1).unsqueeze(1), rows)  # (K*c, 1, Cv)
         out[:, :, start : start + c] = read.view(objects, c, channels).transpose(1, 2)
     return out

@@ -100,7 +100,7 @@ class JointFormerAdapter(NetworkAdapter):
             updated = self.net.update_memory_token(fusion, tokens, positions)
         for slot, token in zip(memory.objects, updated):
             state[slot] = token
-        return torch.sigmoid(logits)
+        return torch.sigmoid(logits.float())  # float32 under autocast too (see STCNNet.decode)
 
 
 def _or_initial(token: torch.Tensor | None, initial: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vostool.engine.precision import float32_region
 from vostool.models.layers import (
     VIT_EPS,
     Block,
@@ -122,13 +123,15 @@ def topk_joint_block(block: Block, u: torch.Tensor, memory: torch.Tensor, top_k:
     q, k_self, v_self = split_heads(block.norm1(u), block)
     _, k_mem, v_mem = split_heads(block.norm1(memory), block)
     scale = q.shape[-1] ** -0.5
-    logits_self = (q @ k_self.transpose(-2, -1)) * scale
-    logits_mem = (q @ k_mem.transpose(-2, -1)) * scale
-    # The official code fails when top_k exceeds the reference tokens; keeping them all is the limit.
-    kept, index = logits_mem.topk(min(top_k, logits_mem.shape[-1]), dim=-1)
-    # Dropped reference tokens get -inf, i.e. weight exactly 0 after the joint softmax.
-    logits_mem = torch.full_like(logits_mem, float("-inf")).scatter_(-1, index, kept)
-    weights = torch.softmax(torch.cat([logits_self, logits_mem], dim=-1), dim=-1)
+    with float32_region(q):  # the affinity, its top-k and the softmax in float32 under autocast too
+        q = q.float()
+        logits_self = (q @ k_self.float().transpose(-2, -1)) * scale
+        logits_mem = (q @ k_mem.float().transpose(-2, -1)) * scale
+        # The official code fails when top_k exceeds the reference tokens; keeping them all is the limit.
+        kept, index = logits_mem.topk(min(top_k, logits_mem.shape[-1]), dim=-1)
+        # Dropped reference tokens get -inf, i.e. weight exactly 0 after the joint softmax.
+        logits_mem = torch.full_like(logits_mem, float("-inf")).scatter_(-1, index, kept)
+        weights = torch.softmax(torch.cat([logits_self, logits_mem], dim=-1), dim=-1)
     out = weights @ torch.cat([v_self, v_mem], dim=2)
     u = u + block.attn.proj(merge_heads(out))
     return u + block.mlp(block.norm2(u))

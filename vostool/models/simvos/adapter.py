@@ -122,7 +122,8 @@ class SimVOSAdapter(NetworkAdapter):
             raise ValueError("SimVOS needs at least one reference frame in memory")
         x = self.input_tokens(query, memory)
         x = self.net.run_blocks(x, self.config.within_frame_layers)
-        return torch.sigmoid(self.net.logits(self.net.query_map(x, query.grid)))
+        # Float32 sigmoid under autocast (see STCNNet.decode).
+        return torch.sigmoid(self.net.logits(self.net.query_map(x, query.grid)).float())
 
 
 # --------------------------------------------------------------------------------------------

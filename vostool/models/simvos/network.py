@@ -114,7 +114,7 @@ class TokenRefiner(nn.Module):
         # Exact-zero suppression: tokens with weight 0 never contribute. A prototype whose weights
         # are all zero gets a NaN softmax row, which becomes a zero row (its output = norm bias).
         logits = logits.masked_fill(weight.flatten(2) == 0, float("-inf"))
-        attention = torch.nan_to_num(torch.softmax(logits, dim=-1))
+        attention = torch.nan_to_num(torch.softmax(logits.float(), dim=-1))  # float32 under autocast too
         return self.norm(attention @ tokens.reshape(b, h * w, c))
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from vostool.engine.precision import float32_region
 from vostool.models.layers import ResBlock, conv3x3, resnet_stage, resnet_stem
 
 MODEL_WIDTH = 128  # transformer width D (the paper says 256; the code uses 128)
@@ -80,8 +81,10 @@ class MaskEncoder(nn.Module):
 
 
 def _attention_weights(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    # Official order: the queries are scaled before the product (it changes the rounding).
-    return torch.softmax((queries / TEMPERATURE) @ keys.transpose(-2, -1), dim=-1)
+    # Official order: the queries are scaled before the product (it changes the rounding). The
+    # affinity and its softmax are float32 under autocast too.
+    with float32_region(queries):
+        return torch.softmax((queries.float() / TEMPERATURE) @ keys.float().transpose(-2, -1), dim=-1)
 
 
 class SelfAttention(nn.Module):
@@ -236,4 +239,4 @@ class SITVOSNet(nn.Module):
 
     def foreground(self, query: SITVOSQuery, mem_keys: torch.Tensor, mem_values: torch.Tensor) -> torch.Tensor:
         """Foreground probabilities ``(N,1,H,W)``: the two-class softmax, as the official aggregation."""
-        return torch.softmax(self.decode_logits(query, mem_keys, mem_values), dim=1)[:, 1:]
+        return torch.softmax(self.decode_logits(query, mem_keys, mem_values).float(), dim=1)[:, 1:]

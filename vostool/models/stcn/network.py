@@ -155,5 +155,6 @@ class STCNNet(nn.Module):
     def decode(
         self, readout: torch.Tensor, qv16: torch.Tensor, qf8: torch.Tensor, qf4: torch.Tensor
     ) -> torch.Tensor:
-        """Foreground probabilities ``(K,1,H,W)``: sigmoid of :meth:`decode_logits`."""
-        return torch.sigmoid(self.decode_logits(readout, qv16, qf8, qf4))
+        """Foreground probabilities ``(K,1,H,W)``: sigmoid of :meth:`decode_logits`, in float32 (under
+        autocast bf16 would round every probability above ~0.998 to 1, tying confident objects)."""
+        return torch.sigmoid(self.decode_logits(readout, qv16, qf8, qf4).float())
