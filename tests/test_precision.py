@@ -66,9 +66,9 @@ def test_affinity_and_top_k_softmax_are_float32_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         affinity = l2_affinity(mem_key.bfloat16(), query_key.bfloat16())
         weights = topk_softmax(affinity, 20)
-        values = torch.randn(2, 16, 300).bfloat16()
+        values = torch.randn(2, 300, 16).bfloat16()  # value rows (K, N, Cv)
         readout = topk_l2_readout(mem_key.bfloat16(), values, query_key.bfloat16(), 20)
-    assert affinity.dtype == weights.dtype == torch.float32
+    assert affinity.dtype == weights.dtype == readout.dtype == torch.float32
     # Only the keys' own rounding to bf16 remains: the weights' columns still sum to one exactly-ish
     # and pick nearly the same memory positions as fp32.
     torch.testing.assert_close(weights.sum(0), torch.ones(40), atol=1e-6, rtol=0)

@@ -15,9 +15,8 @@ class NetworkAdapter:
     when no ``settings`` are given; the engine reads ``self.settings``."""
 
     defaults: ModelSettings
-    # Submodules (by name) that run in channels_last: chosen per model where measured faster. Their
-    # inputs are converted on the way in and their outputs made contiguous again on the way out, so
-    # the rest of the network sees the usual layout.
+    # Submodules (by name, "" = the whole network) whose weights are stored channels_last: chosen per
+    # model where measured faster (see run_channels_last; the network makes their outputs contiguous).
     channels_last: tuple[str, ...] = ()
 
     def __init__(self, net: nn.Module, device: str | torch.device = "cpu", settings: ModelSettings | None = None) -> None:
@@ -30,37 +29,12 @@ class NetworkAdapter:
 
 
 def run_channels_last(module: nn.Module) -> None:
-    """Make ``module`` compute in channels_last (weights and inputs) and hand back contiguous outputs.
-
-    Same values (only the memory layout changes; convolution kernels may sum in another order, about
-    1e-6 relative). Idempotent: a module already converted is left as it is.
-    """
-    if getattr(module, "_vostool_channels_last", False):
-        return
+    """Store ``module``'s weights in channels_last, so its convolutions compute in that layout (an
+    NCHW input is converted by the first one). Same values (kernels may sum in another order, about 1e-6
+    relative). The network makes the module's outputs contiguous where they leave it (a no-op when
+    nothing was converted): layout changes stay out of hooks, which ``torch.compile`` would trace as
+    graphs of their own."""
     module.to(memory_format=torch.channels_last)
-    module.register_forward_pre_hook(_inputs_to_channels_last)
-    module.register_forward_hook(_outputs_to_contiguous)
-    module._vostool_channels_last = True
-
-
-def _inputs_to_channels_last(module: nn.Module, inputs: tuple) -> tuple:
-    return tuple(_four_d_as(x, torch.channels_last) for x in inputs)
-
-
-def _outputs_to_contiguous(module: nn.Module, inputs: tuple, output):
-    if isinstance(output, (tuple, list)):
-        return type(output)(_contiguous(x) for x in output)
-    return _contiguous(output)
-
-
-def _contiguous(x):
-    return x.contiguous() if isinstance(x, torch.Tensor) else x
-
-
-def _four_d_as(x, memory_format: torch.memory_format):
-    if isinstance(x, torch.Tensor) and x.dim() == 4:
-        return x.contiguous(memory_format=memory_format)
-    return x
 
 
 def fold_batchnorms(net: nn.Module) -> int:

@@ -27,4 +27,5 @@ class PropagateLite0Net(nn.Module):
         """``(1, 3, H, W)`` -> key ``(C, H/8, W/8)``, L2-normalised over C."""
         f8, f16 = self.backbone.features(image, self.taps)
         f16 = F.interpolate(f16, size=f8.shape[-2:], mode="bilinear", align_corners=False)
-        return F.normalize(torch.cat([f8, f16], dim=1).float(), dim=1)[0]
+        # contiguous: the adapter may run the backbone channels_last; the readout wants (C, h, w) rows
+        return F.normalize(torch.cat([f8, f16], dim=1).float(), dim=1)[0].contiguous()

@@ -131,7 +131,8 @@ class STCNNet(nn.Module):
 
     def encode_key(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(1,3,H,W)`` -> (k16, f16_thin, f16, f8, f4), as the official ``encode_key``."""
-        f16, f8, f4 = self.key_encoder(frame)
+        # contiguous: the adapter may run the key encoder channels_last; the rest stays NCHW
+        f16, f8, f4 = (f.contiguous() for f in self.key_encoder(frame))
         return self.key_proj(f16), self.key_comp(f16), f16, f8, f4
 
     def encode_value(self, frame: torch.Tensor, kf16: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
