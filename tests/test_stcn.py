@@ -190,14 +190,20 @@ def test_davis_clip_matches_official(adapter) -> None:
 
 
 @pytest.mark.slow
-def test_generic_clip_matches_official(adapter) -> None:
-    transforms = pytest.importorskip("vostool.engine.transforms")
+def test_generic_clip_matches_official(synth_file) -> None:
+    """The library's defaults (``vostool.load("stcn")``: the generic-video path, short side 480) through a
+    session: probabilities at the original size and labels against the official ``eval_generic.py``.
+    (The CLI runs this same library path; its own parity test uses the small DAVIS-path clip.)"""
+    import vostool
+    from vostool.engine.transforms import Geometry
+
     case = _case("case_clip_generic")
     frames = case["frames"].numpy()
-    results = _run_clip(adapter, frames, case["first_mask"].numpy(), short_side=480)
-    geometry = transforms.Geometry.for_frame(frames.shape[1:3], adapter.settings.preprocessing)
+    tracker = vostool.load("stcn", weights=synth_file, device="cpu")
+    geometry = Geometry.for_frame(frames.shape[1:3], tracker.settings.preprocessing)
     assert geometry.resized == tuple(case["resized_size"].tolist())
-    prob = torch.stack([transforms.unpad_and_resize(r.prob_padded, geometry) for r in results], dim=1)
+    results = list(tracker.session().track(frames, {0: case["first_mask"].numpy()}))
+    prob = torch.stack([r.probabilities for r in results], dim=1)
     error = (prob - case["prob"]).abs()
     assert error.max() <= 2e-2
     assert (error <= 1e-4).float().mean() >= 0.98
