@@ -83,8 +83,8 @@ def stcn():
 def test_middle_annotation_both_ways_is_the_two_passes_joined(request, model, tmp_path):
     tracker = request.getfixturevalue("lite") if model == "propagate-lite0" else (
         request.getfixturevalue("stcn") if model == "stcn" else random_weights_tracker(model))
-    frames, labels = box_clip(8)
-    middle = 4
+    frames, labels = box_clip(6)
+    middle = 3
     write_frames(tmp_path / "frames", frames)
     save_palette_png(tmp_path / "masks" / f"{middle:05d}.png", labels[middle])
     for direction in ("both", "backward", "forward"):
