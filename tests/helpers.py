@@ -7,9 +7,11 @@ hide itself in a round trip.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import imageio_ffmpeg
 import numpy as np
 import torch
 from typer.testing import Result
@@ -59,6 +61,17 @@ def write_frames(
         Image.fromarray(frame).save(path, **save)
         paths.append(path)
     return paths
+
+
+def encode_frames(frames_dir: Path, video: Path, framerate: int, *options: str) -> Path:
+    """Encode the ``%05d.png`` frames of ``frames_dir`` into ``video`` with the bundled ffmpeg and
+    ``options`` (codec, GOP, ...), independently of vostool's writers."""
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-framerate", str(framerate),
+         "-i", str(frames_dir / "%05d.png"), *options, str(video)],
+        check=True,
+    )  # fmt: skip
+    return video
 
 
 # ------------------------------------------------------------------------------------------ masks

@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import vostool
-from tests.helpers import assert_one_line_error, gradient_frames, paint_boxes, read_label_pngs, save_palette_png, write_frames
+from tests.helpers import assert_one_line_error, encode_frames, gradient_frames, paint_boxes, read_label_pngs, save_palette_png, write_frames
 from vostool.cli import app
 from vostool.engine.aggregate import aggregate
 from vostool.io.frames import open_frames
@@ -142,12 +142,7 @@ def bframes_video(tmp_path_factory):
     frames, labels = box_clip(30)
     root = tmp_path_factory.mktemp("bframes")
     write_frames(root / "frames", frames)
-    video = root / "clip.mp4"
-    subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-framerate", "25", "-i", str(root / "frames" / "%05d.png"),
-         "-c:v", "libx264", "-bf", "3", "-g", "8", "-pix_fmt", "yuv420p", str(video)],
-        check=True,
-    )  # fmt: skip
+    video = encode_frames(root / "frames", root / "clip.mp4", 25, "-c:v", "libx264", "-bf", "3", "-g", "8", "-pix_fmt", "yuv420p")
     info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(video), "-c", "copy", "-f", "framecrc", "-"],
                           capture_output=True, text=True).stdout  # fmt: skip
     dts_pts = [line.split(",")[1:3] for line in info.splitlines() if line.startswith("0,")]
@@ -196,7 +191,6 @@ def test_backward_peak_memory_stays_flat_in_the_video_length(tmp_path, lite, mon
     monkeypatch.setattr(frames_module, "REVERSE_CHUNK_BYTES", 8 * 320 * 240 * 3)
     height, width = 240, 320
     background = gradient_frames(1, height, width)[0]
-    mask = np.zeros((height, width), np.uint8)
 
     def video(count: int):
         path = tmp_path / f"clip{count}.mp4"

@@ -9,14 +9,13 @@ import subprocess
 import sys
 import threading
 
-import imageio_ffmpeg
 import numpy as np
 import pytest
 from pycocotools import mask as mask_api
 from typer.testing import CliRunner
 
 from tests.conftest import REPO_ROOT
-from tests.helpers import assert_one_line_error, leftover_temp_files, paint_boxes, save_palette_png, write_frames
+from tests.helpers import assert_one_line_error, encode_frames, leftover_temp_files, paint_boxes, save_palette_png, write_frames
 from vostool.cli import FrameProgress, app
 from vostool.io.stdin import StdinFrames
 
@@ -35,12 +34,7 @@ def piped(tmp_path_factory) -> dict:
                                       (np.s_[30:44, 40:56], (40, 200, 230), 3)]) for t in range(FRAMES)]
     write_frames(root / "frames", [frame for frame, _ in boxes])
     mask = save_palette_png(root / "mask.png", boxes[0][1])
-    video = root / "clip.mkv"
-    subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-framerate", "10", "-i", str(root / "frames" / "%05d.png"),
-         "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "12", "-f", "matroska", str(video)],
-        check=True,
-    )  # fmt: skip
+    video = encode_frames(root / "frames", root / "clip.mkv", 10, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "12", "-f", "matroska")
     return {"video": video, "mask": mask, "bytes": video.read_bytes(), "root": root}
 
 
