@@ -82,3 +82,12 @@ def test_cuda_labels_arrive_through_pinned_memory(tracker) -> None:
     on_cpu = [r.labels for r in tracker.session(4).track(frames, {0: _mask()})]
     on_gpu = [r.labels for r in cuda.session(4).track(frames, {0: _mask()})]
     assert np.mean([np.mean(a == b) for a, b in zip(on_cpu, on_gpu)]) > 0.99
+
+
+def test_a_read_only_frame_is_segmented_without_a_warning(tracker, recwarn) -> None:
+    frame = gradient_frames(1)[0]
+    frame.flags.writeable = False  # as frames decoded from bytes are
+    session = tracker.session(1)
+    session.add_masks(0, _mask())
+    assert session.step(frame).labels.shape == (48, 64)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

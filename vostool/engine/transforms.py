@@ -64,7 +64,10 @@ def preprocess_frame(
     Normalise first, then resize the float tensor (``prep.resize_mode``) with *no* antialias (what the
     official code did with torchvision 0.9 / 0.12), then pad with zeros in normalised space (= the mean colour).
     """
-    pixels = frame if isinstance(frame, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frame))
+    if isinstance(frame, torch.Tensor):
+        pixels = frame
+    else:  # torch cannot share a read-only array (one decoded from bytes, say): that one is copied
+        pixels = torch.from_numpy(np.ascontiguousarray(frame) if frame.flags.writeable else np.array(frame))
     x = pixels.to(device).permute(2, 0, 1).float().div(255)
     mean = torch.tensor(prep.mean, device=device).view(3, 1, 1)
     std = torch.tensor(prep.std, device=device).view(3, 1, 1)
