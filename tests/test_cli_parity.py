@@ -7,7 +7,6 @@ runs on them, and the label PNGs it writes are compared with the labels the offi
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import parity_fixtures
