@@ -32,12 +32,12 @@ def _two_boxes() -> np.ndarray:
     return labels
 
 
-def _run_frames(network, model: str, count: int = 3) -> None:
+def _probabilities(network, model: str, count: int = 3) -> list[torch.Tensor]:
+    """Each frame's probabilities over a short clip with two boxes annotated on frame 0."""
     frames = gradient_frames(count, 48, 64)
     session = Tracker(network, model, torch.device("cpu")).session(count)
     session.add_masks(0, _two_boxes())
-    for frame in frames:
-        session.step(frame)
+    return [session.step(frame).probabilities for frame in frames]
 
 
 @pytest.mark.parametrize("model", WITH_BATCHNORM)
@@ -54,7 +54,7 @@ def test_every_batchnorm_is_fed_directly_by_the_conv_it_is_folded_into(model, mo
         handles.append(conv.register_forward_hook(lambda m, i, o: outputs.setdefault(id(m), []).append(o)))
         handles.append(bn.register_forward_hook(lambda m, i, o: inputs.setdefault(id(m), []).append(i[0])))
     try:
-        _run_frames(network, model)
+        _probabilities(network, model)
     finally:
         for handle in handles:
             handle.remove()
@@ -69,17 +69,9 @@ def test_every_batchnorm_is_fed_directly_by_the_conv_it_is_folded_into(model, mo
 @pytest.mark.parametrize("model", WITH_BATCHNORM)
 def test_folded_network_gives_the_unfolded_probabilities(model, monkeypatch) -> None:
     network = _unfolded_network(model, monkeypatch)
-    frames = gradient_frames(3, 48, 64)
-    mask = _two_boxes()
-
-    def probabilities() -> list[np.ndarray]:
-        session = Tracker(network, model, torch.device("cpu")).session(len(frames))
-        session.add_masks(0, mask)
-        return [session.step(frame).probabilities for frame in frames]
-
-    before = probabilities()
+    before = _probabilities(network, model)
     assert fold_batchnorms(network.net) > 0
     assert not any(isinstance(m, nn.BatchNorm2d) for m in network.net.modules())
-    after = probabilities()
+    after = _probabilities(network, model)
     for a, b in zip(before, after):
         np.testing.assert_allclose(a, b, atol=1e-4)

@@ -11,6 +11,11 @@ import torch
 from .precision import float32_region
 
 
+# l2_affinity and topk_softmax are the official dense form, step by step: the parity tests check them
+# against the official affinity, and topk_l2_readout (what the engine runs) is tested equal to
+# ``values @ topk_softmax(l2_affinity(...))``.
+
+
 def l2_affinity(mem_key: torch.Tensor, query_key: torch.Tensor) -> torch.Tensor:
     """STCN's affinity: negative squared L2 distance without the query-norm term, / sqrt(C).
 

@@ -15,8 +15,11 @@ class NetworkAdapter:
     when no ``settings`` are given; the engine reads ``self.settings``."""
 
     defaults: ModelSettings
-    # Submodules (by name, "" = the whole network) whose weights are stored channels_last: chosen per
-    # model where measured faster (see run_channels_last; the network makes their outputs contiguous).
+    # Submodules (by name, "" = the whole network) whose weights are stored channels_last, chosen per
+    # model where measured faster: their convolutions then compute in that layout (the first converts an
+    # NCHW input; same values up to summation order, about 1e-6 relative). The network makes their outputs
+    # contiguous where they leave them, in its own code rather than in hooks, which torch.compile would
+    # trace as graphs of their own.
     channels_last: tuple[str, ...] = ()
 
     def __init__(self, net: nn.Module, device: str | torch.device = "cpu", settings: ModelSettings | None = None) -> None:
@@ -24,17 +27,8 @@ class NetworkAdapter:
         self.net = net.to(self.device).eval()
         fold_batchnorms(self.net)
         for name in self.channels_last:
-            run_channels_last(self.net.get_submodule(name))
+            self.net.get_submodule(name).to(memory_format=torch.channels_last)
         self.settings = settings or self.defaults
-
-
-def run_channels_last(module: nn.Module) -> None:
-    """Store ``module``'s weights in channels_last, so its convolutions compute in that layout (an
-    NCHW input is converted by the first one). Same values (kernels may sum in another order, about 1e-6
-    relative). The network makes the module's outputs contiguous where they leave it (a no-op when
-    nothing was converted): layout changes stay out of hooks, which ``torch.compile`` would trace as
-    graphs of their own."""
-    module.to(memory_format=torch.channels_last)
 
 
 def fold_batchnorms(net: nn.Module) -> int:
