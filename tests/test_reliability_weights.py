@@ -146,6 +146,7 @@ def test_checkpoint_in_a_protocol_torch_cannot_read_safely_says_so(tmp_path):
 
 ARTICLES = {
     "propagate-lite0": "a",
+    "lite0-stcn": "a",  # "light-zero"
     "efficientnet-lite0": "an",
     "stcn": "an",  # an initialism: "an ess-tee-see-en"
     "STCN": "an",

@@ -307,6 +307,81 @@ def eval_command(
         report.render(out)
 
 
+@app.command("train")
+def train_command(
+    data: Annotated[Path, typer.Argument(help="DAVIS-layout folder (JPEGImages[/480p]/<clip>, Annotations[/480p]/<clip>), or one clip's frame folder with --masks.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Write the trained weights here (.pth); use them with segment --weights.")],
+    masks: Annotated[Optional[Path], typer.Option("--masks", help="With a frame folder: its masks, named like the frames, for any number of frames.")] = None,
+    init: Annotated[str, typer.Option("--init", help="The model to train; it starts from its own shipped weights.")] = "lite0-stcn",
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Start from this checkpoint instead.")] = None,
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Start from the model's untrained state.")] = False,
+    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps.")] = 300,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples (three frames each) per step.")] = 4,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 5e-4,
+    crop: Annotated[int, typer.Option("--crop", help="Square training crop side in pixels (a multiple of 16).")] = 320,
+    max_skip: Annotated[int, typer.Option("--max-skip", help="Most frames between the sampled frames of a clip.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed and data give the same weights.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save the training state (OUT.state) every N steps.")] = 100,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.state, left by an interrupted run.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+) -> None:
+    """Fine-tune a model on your own annotated clips (or train it), then segment with --weights OUT."""
+    with user_errors():
+        from .train import TrainSettings, train
+
+        settings = TrainSettings(steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                                 checkpoint_every=checkpoint_every, crop=crop, max_skip=max_skip, device=device)
+        with training_progress(quiet) as progress:
+            report = train(data, out_file, model=init, weights=weights, from_scratch=from_scratch, masks=masks,
+                           settings=settings, resume=resume, on_step=progress)
+        if not quiet:
+            resumed = f", resumed at step {report.resumed_from}" if report.resumed_from else ""
+            err.print(f"trained {report.steps} steps in {report.seconds:.0f} s{resumed}; final loss "
+                      f"{report.final_loss:.4f}; weights {report.weights}, loss curve {report.loss_curve}",
+                      highlight=False)
+
+
+def _training_log_lines():
+    import time
+
+    began = time.perf_counter()
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if step == total or step % max(1, total // 20) == 0:
+            elapsed = time.perf_counter() - began
+            err.print(f"train step {step}/{total} loss {loss:.4f} elapsed {elapsed:.0f} s", highlight=False)
+
+    return on_step
+
+
+@contextlib.contextmanager
+def training_progress(quiet: bool) -> Iterator:
+    """A Rich bar of steps with the running loss; None when quiet. Where stderr is not a terminal (a log
+    file, a scheduler), one plain line every 5 % of the run instead, since a bar is never redrawn there."""
+    if quiet:
+        yield None
+        return
+    if not err.is_terminal:
+        yield _training_log_lines()
+        return
+    bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+    task = None
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("train", total=total, loss=loss, completed=step - 1)
+        bar.update(task, completed=step, loss=loss)
+
+    try:
+        yield on_step
+    finally:
+        bar.stop()
+
+
 weights_app = typer.Typer(help="List, download, locate and verify released checkpoints.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 

@@ -147,6 +147,31 @@ def local_topk_readout(
     return out[:, :, : grid.w]
 
 
+def dense_local_topk_readout(
+    mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, *, top_k: int, radius: int,
+    temperature: float | torch.Tensor,
+) -> torch.Tensor:
+    """:func:`local_topk_readout` for a batch, built as a dense masked affinity: the reference form, and
+    differentiable (training reads memory through it; its gradient reaches keys, temperature and values).
+
+    ``mem_key`` (B, T, C, h, w), ``mem_value`` (B, T, V, h, w), ``query_key`` (B, C, h, w) -> (B, V, h, w).
+    Scratch grows with (T h w) x (h w), which is fine for training crops, not for whole videos.
+    """
+    batch, frames, channels, h, w = mem_key.shape
+    cells = h * w
+    affinity = torch.einsum("btcn,bcm->btnm", mem_key.flatten(3), query_key.flatten(2)) / temperature
+    rows = torch.arange(h, device=mem_key.device).repeat_interleave(w)
+    cols = torch.arange(w, device=mem_key.device).repeat(h)
+    outside = ((rows[:, None] - rows[None]).abs() > radius) | ((cols[:, None] - cols[None]).abs() > radius)
+    affinity = affinity.masked_fill(outside, float("-inf")).view(batch, frames * cells, cells)
+    scores, indices = affinity.topk(top_k, dim=1)  # (B, k, hw)
+    weights = torch.softmax(scores, dim=1)
+    values = mem_value.flatten(3).transpose(1, 2).flatten(2)  # (B, V, T*hw)
+    picked = values.gather(2, indices.view(batch, 1, -1).expand(-1, values.shape[1], -1))
+    read = (picked.view(batch, values.shape[1], top_k, cells) * weights[:, None]).sum(dim=2)
+    return read.view(batch, -1, h, w)
+
+
 PASS_BYTES = 64 << 20  # float32 score buffer of the strips that go through each step together
 
 

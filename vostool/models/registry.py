@@ -26,7 +26,7 @@ ENTRY_POINT_GROUP = "vostool.models"
 DEFAULT_MODEL = "propagate-lite0"
 
 # The built-in model packages (vostool/models/<name>/), in the order `--help` and `weights list` show them.
-_BUILT_IN = ("propagate_lite0", "stcn", "sitvos", "simvos", "jointformer")
+_BUILT_IN = ("propagate_lite0", "lite0_stcn", "stcn", "sitvos", "simvos", "jointformer")
 
 
 def _package_specs(package: str) -> tuple[ModelSpec, ...]:

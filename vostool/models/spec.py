@@ -96,6 +96,9 @@ class ModelSpec:
     """Why the authors' checkpoint cannot be downloaded, for methods that released none."""
     needs_checkpoint: bool = True
     """False when the default weights ship with the installation (no download, works offline)."""
+    trainer: str | None = None
+    """``"module:function"`` of ``trainer(weights: Path | None, device) -> Trainable`` for models
+    ``vostool train`` can train (see :mod:`vostool.train.loop`); None for the others."""
 
     def __post_init__(self) -> None:
         owned = tuple(dataclasses.replace(ckpt, model=self.name) for ckpt in self.checkpoints)

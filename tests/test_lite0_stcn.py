@@ -1,0 +1,90 @@
+"""lite0-stcn: its shipped checkpoint (small, fp16, checked by sha256), the exact start it trains from
+(propagate-lite0's masks), the differentiable readout it trains through, and a real DAVIS sequence."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_train import moving_disc_clip
+from vostool.engine.readout import dense_local_topk_readout, local_topk_readout
+from vostool.models.lite0_stcn import SPEC, shipped_checkpoint_path
+from vostool.models.lite0_stcn.adapter import Lite0STCNAdapter, checkpoint_layout, load_network
+from vostool.models.propagate_lite0.adapter import PropagateLite0Adapter
+from vostool.models.propagate_lite0.adapter import build as build_propagate_lite0
+from vostool.tracker import Tracker
+
+
+def test_shipped_checkpoint_is_small_fp16_and_registered():
+    path = Path(shipped_checkpoint_path())
+    ckpt = SPEC.default_checkpoint
+    assert path.stat().st_size == ckpt.size_bytes < 4 * 2**20
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ckpt.sha256
+    state = torch.load(path, weights_only=True)
+    assert {k: tuple(v.shape) for k, v in state.items()} == checkpoint_layout()
+    assert all(v.dtype == torch.float16 for v in state.values())
+    assert sum(v.numel() for v in state.values()) <= 2_000_000
+
+
+def test_the_trained_checkpoint_is_not_the_starting_point():
+    state = torch.load(shipped_checkpoint_path(), weights_only=True)
+    assert state["decoder.out.weight"].abs().sum() > 0  # the zero-initialised correction was learned
+
+
+def run(network, frames, first_labels) -> list[torch.Tensor]:
+    tracker = Tracker(network, "test", torch.device("cpu")).session(len(frames))
+    return [result.probabilities for result in tracker.track(frames, {0: first_labels})]
+
+
+def test_untrained_heads_segment_exactly_like_propagate_lite0():
+    """Identity key, zero decoder correction: the training starts from the default model's output."""
+    frames, labels = moving_disc_clip(count=5)
+    untrained = Lite0STCNAdapter(load_network(None), "cpu", PropagateLite0Adapter.defaults)  # its memory too
+    ours, reference = run(untrained, frames, labels[0]), run(build_propagate_lite0(), frames, labels[0])
+    for a, b in zip(ours, reference):
+        assert (a - b).abs().max() < 1e-3  # the readout probability is clamped to [1e-4, 1 - 1e-4] first
+
+
+@pytest.mark.parametrize(("frames", "radius", "top_k"), [(1, 3, 5), (3, 4, 7), (2, 30, 20)])
+def test_dense_windowed_readout_equals_the_streaming_one_and_has_gradients(frames, radius, top_k):
+    torch.manual_seed(frames)
+    channels, h, w, values = 16, 14, 19, 5
+    keys = torch.nn.functional.normalize(torch.randn(frames, channels, h, w), dim=1).requires_grad_()
+    query = torch.nn.functional.normalize(torch.randn(channels, h, w), dim=0)
+    value = torch.rand(frames, values, h, w, requires_grad=True)
+    streaming = local_topk_readout(keys.detach(), value.detach(), query, top_k=top_k, radius=radius, temperature=0.1)
+    dense = dense_local_topk_readout(keys[None], value[None], query[None], top_k=top_k, radius=radius,
+                                     temperature=0.1)[0]
+    assert torch.allclose(dense, streaming, atol=1e-5)
+    dense.sum().backward()
+    assert keys.grad.abs().sum() > 0 and value.grad.abs().sum() > 0
+
+
+# J&F of the shipped weights on these davis-mini sequences (README table), minus a margin for BLAS/thread
+# differences. The composite's object 2 is the small pasted dog that propagate-lite0 loses (0.746).
+JF_FLOORS = {"car-shadow": (40, 0.91), "libby": (49, 0.90)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seq", sorted(JF_FLOORS))
+def test_shipped_weights_on_a_davis_sequence(tmp_path, seq):
+    import vostool
+    from tests.conftest import DAVIS_MINI, require
+    from tests.helpers import write_davis_listing
+    from vostool.eval import evaluate_davis
+
+    frames = require(DAVIS_MINI / "JPEGImages" / "480p" / seq)
+    root = tmp_path / "davis"
+    for kind in ("JPEGImages", "Annotations"):
+        (root / kind).mkdir(parents=True)
+        (root / kind / "480p").symlink_to(DAVIS_MINI / kind / "480p", target_is_directory=True)
+    write_davis_listing(root, [seq])
+    summary = vostool.segment(frames, DAVIS_MINI / "Annotations" / "480p" / seq / "00000.png", model="lite0-stcn",
+                              out_dir=tmp_path / "results" / seq, device="cpu")
+    frame_count, floor = JF_FLOORS[seq]
+    assert summary.frames == frame_count
+    report = evaluate_davis(root, tmp_path / "results", workers=1)
+    assert report.global_metrics["J&F-Mean"] >= floor, report.global_metrics
