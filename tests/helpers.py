@@ -17,7 +17,7 @@ import torch
 from typer.testing import Result
 from PIL import Image
 
-from tests.conftest import SPEC, require
+from tests.conftest import DAVIS_MINI, SPEC, require
 from vostool.io.palette import DAVIS_PALETTE
 
 # ------------------------------------------------------------------------------------------ frames
@@ -124,6 +124,17 @@ def write_davis(
         write_frames(root / "JPEGImages" / "480p" / name, frames, suffix=".jpg", quality=95)
     write_davis_listing(root, annotations, subset)
     return root
+
+
+def davis_mini_with_one_sequence(root: Path, sequence: str) -> Path:
+    """A DAVIS root at ``root`` that sees davis-mini's frames and annotations (linked) and lists only
+    ``sequence``: its frame folder is returned (the test is skipped where davis-mini is absent)."""
+    frames = require(DAVIS_MINI / "JPEGImages" / "480p" / sequence)
+    for kind in ("JPEGImages", "Annotations"):
+        (root / kind).mkdir(parents=True)
+        (root / kind / "480p").symlink_to(DAVIS_MINI / kind / "480p", target_is_directory=True)
+    write_davis_listing(root, [sequence])
+    return frames
 
 
 # ------------------------------------------------------------------------------------------ parity cases

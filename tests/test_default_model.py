@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import DAVIS_MINI, require
-from tests.helpers import write_davis_listing
+from tests.helpers import davis_mini_with_one_sequence
 from vostool.models.propagate_lite0 import lite0_weights_path
 from vostool.models.propagate_lite0.adapter import PropagateLite0Adapter
 from vostool.models.propagate_lite0.adapter import build as build_propagate_lite0
@@ -70,12 +70,8 @@ def test_default_model_on_a_davis_sequence(tmp_path, seq):
     import vostool
     from vostool.eval import evaluate_davis
 
-    frames = require(DAVIS_MINI / "JPEGImages" / "480p" / seq)
     root = tmp_path / "davis"
-    for kind in ("JPEGImages", "Annotations"):
-        (root / kind).mkdir(parents=True)
-        (root / kind / "480p").symlink_to(DAVIS_MINI / kind / "480p", target_is_directory=True)
-    write_davis_listing(root, [seq])
+    frames = davis_mini_with_one_sequence(root, seq)
     results = tmp_path / "results"
     summary = vostool.segment(frames, DAVIS_MINI / "Annotations" / "480p" / seq / "00000.png",
                               out_dir=results / seq, device="cpu")

@@ -72,16 +72,12 @@ JF_FLOORS = {"car-shadow": (40, 0.91), "libby": (49, 0.90)}
 @pytest.mark.parametrize("seq", sorted(JF_FLOORS))
 def test_shipped_weights_on_a_davis_sequence(tmp_path, seq):
     import vostool
-    from tests.conftest import DAVIS_MINI, require
-    from tests.helpers import write_davis_listing
+    from tests.conftest import DAVIS_MINI
+    from tests.helpers import davis_mini_with_one_sequence
     from vostool.eval import evaluate_davis
 
-    frames = require(DAVIS_MINI / "JPEGImages" / "480p" / seq)
     root = tmp_path / "davis"
-    for kind in ("JPEGImages", "Annotations"):
-        (root / kind).mkdir(parents=True)
-        (root / kind / "480p").symlink_to(DAVIS_MINI / kind / "480p", target_is_directory=True)
-    write_davis_listing(root, [seq])
+    frames = davis_mini_with_one_sequence(root, seq)
     summary = vostool.segment(frames, DAVIS_MINI / "Annotations" / "480p" / seq / "00000.png", model="lite0-stcn",
                               out_dir=tmp_path / "results" / seq, device="cpu")
     frame_count, floor = JF_FLOORS[seq]

@@ -120,14 +120,14 @@ class FolderFrames(FrameSource):
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for file in self.files:
-            frame = _read_rgb(file)
+            frame = read_rgb(file)
             self._check_size(file, frame.shape[:2])
             yield frame
 
     def iter_reversed(self, start: int | None = None, stop: int = 0) -> Iterator[np.ndarray]:
         """Frames ``start`` down to ``stop``, each file read when its turn comes."""
         for index in self._reversed_range(start, stop):
-            frame = _read_rgb(self.files[index])
+            frame = read_rgb(self.files[index])
             self._check_size(self.files[index], frame.shape[:2])
             yield frame
 
@@ -172,7 +172,7 @@ def _header_size(file: Path) -> tuple[int, int]:
     return height, width
 
 
-def _read_rgb(file: Path) -> np.ndarray:
+def read_rgb(file: Path) -> np.ndarray:
     """Decode one image to RGB; greyscale, RGBA and palette images are converted."""
     try:
         with Image.open(file) as image:

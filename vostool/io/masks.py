@@ -123,6 +123,20 @@ def read_masks_dir(
     Raises InputError when the folder is missing, a mask matches no frame, two masks match one
     frame, a mask is a JPEG (lossy, so ids would be corrupted), or no mask with an object remains.
     """
+    return {index: label_map for index, (_, label_map) in _read_masks(folder, frame_names, size).items()}
+
+
+def mask_files_dir(
+    folder: str | Path, frame_names: Sequence[str], size: tuple[int, int] | None = None
+) -> dict[int, Path]:
+    """The files :func:`read_masks_dir` reads, keyed like it (frames with an object only), after the same
+    checks: for callers that read each mask again when they need it (``vostool train``)."""
+    return {index: path for index, (path, _) in _read_masks(folder, frame_names, size).items()}
+
+
+def _read_masks(
+    folder: str | Path, frame_names: Sequence[str] | None, size: tuple[int, int] | None
+) -> dict[int, tuple[Path, LabelMap]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError("no such mask folder" if not folder.exists() else "masks must be a folder", folder)
@@ -140,7 +154,7 @@ def read_masks_dir(
     for index in sorted(found):
         label_map = read_mask(found[index], size, allow_empty=True)
         if label_map.labels.any():
-            masks[index] = label_map
+            masks[index] = found[index], label_map
     if not masks:
         raise InputError("folder contains no mask with an object (.png or .json named like a frame)", folder)
     return masks

@@ -97,7 +97,7 @@ class ModelSpec:
     needs_checkpoint: bool = True
     """False when the default weights ship with the installation (no download, works offline)."""
     trainer: str | None = None
-    """``"module:function"`` of ``trainer(weights: Path | None, device) -> Trainable`` for models
+    """``"module:callable"`` of ``trainer(weights: Path | None, device) -> Trainable`` for models
     ``vostool train`` can train (see :mod:`vostool.train.loop`); None for the others."""
 
     def __post_init__(self) -> None:

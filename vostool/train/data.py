@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from vostool.errors import InputError
-from vostool.io.frames import FolderFrames, natural_key
-from vostool.io.masks import read_masks_dir
+from vostool.io.frames import FolderFrames, natural_key, read_rgb
+from vostool.io.masks import mask_files_dir, read_mask
 
 SAMPLE_FRAMES = 3
 MIN_REFERENCE_PIXELS = 100  # a crop that leaves less of the object in frame 0 is drawn again
@@ -80,20 +79,7 @@ def _davis_folders(root: Path) -> tuple[Path, Path]:
 
 def _clip(name: str, frames: Path, masks: Path) -> TrainClip:
     files = tuple(FolderFrames(frames).files)
-    found = read_masks_dir(masks, [file.stem for file in files])
-    return TrainClip(name, files, {index: masks / _mask_name(masks, files[index].stem) for index in found})
-
-
-def _mask_name(folder: Path, stem: str) -> str:
-    for suffix in (".png", ".json"):
-        if (folder / (stem + suffix)).is_file():
-            return stem + suffix
-    # read_masks_dir also matches numeric stems ("12.png" for frame "00012")
-    number = int(stem) if stem.isdigit() else None
-    for file in folder.iterdir():
-        if file.stem.isdigit() and int(file.stem) == number:
-            return file.name
-    raise InputError(f"no mask file for frame {stem!r}", folder)
+    return TrainClip(name, files, mask_files_dir(masks, [file.stem for file in files]))
 
 
 @dataclass(frozen=True)
@@ -112,15 +98,9 @@ class TripletSampler:
         self.settings = settings
         self.generator = generator
         size = settings.size
-        self.video_crop = v2.Compose([
-            v2.RandomResizedCrop((size, size), scale=(0.36, 1.0), ratio=(0.75, 1.33), antialias=True),
-            v2.RandomHorizontalFlip(),
-        ])
+        self.video_crop = _crop(size, min_scale=0.36)
         self.video_jitter = _jitter(degrees=5, shear=5, scale=(0.95, 1.05))
-        self.static_crop = v2.Compose([
-            v2.RandomResizedCrop((size, size), scale=(0.5, 1.0), ratio=(0.75, 1.33), antialias=True),
-            v2.RandomHorizontalFlip(),
-        ])
+        self.static_crop = _crop(size, min_scale=0.5)
         self.static_jitter = _jitter(degrees=20, shear=10, scale=(0.9, 1.1), translate=(0.1, 0.1))
 
     def _randint(self, high: int) -> int:
@@ -222,6 +202,13 @@ def _last_within(annotated: list[int], position: int, max_skip: int) -> int:
     return last
 
 
+def _crop(size: int, min_scale: float) -> v2.Compose:
+    return v2.Compose([
+        v2.RandomResizedCrop((size, size), scale=(min_scale, 1.0), ratio=(0.75, 1.33), antialias=True),
+        v2.RandomHorizontalFlip(),
+    ])
+
+
 def _jitter(degrees: float, shear: float, scale: tuple[float, float],
             translate: tuple[float, float] | None = None) -> v2.Compose:
     return v2.Compose([
@@ -231,15 +218,8 @@ def _jitter(degrees: float, shear: float, scale: tuple[float, float],
 
 
 def _read_frame(path: Path) -> tv_tensors.Image:
-    try:
-        with Image.open(path) as image:
-            array = np.array(image.convert("RGB"))
-    except OSError as err:
-        raise InputError(f"cannot read image ({err})", path) from err
-    return tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))
+    return tv_tensors.Image(torch.from_numpy(read_rgb(path)).permute(2, 0, 1))
 
 
 def _read_labels(path: Path) -> np.ndarray:
-    from vostool.io.masks import read_mask
-
     return read_mask(path, allow_empty=True).labels

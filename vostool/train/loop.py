@@ -28,6 +28,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from vostool.api import resolve_device
 from vostool.errors import InputError, ModelError
 from vostool.io.writers import atomic_path
 from vostool.train.curve import draw_loss_curve
@@ -126,9 +127,9 @@ def train(
     out = Path(out)
     _check_settings(settings)
     _check_trainable(model)
-    device = _device(settings.device)
+    device = resolve_device(settings.device)
+    _check_out(out, Path(data), masks)  # before reading every mask of the data
     clips = find_clips(data, masks)
-    _check_out(out, Path(data), masks)
     weights = _starting_weights(model, weights, from_scratch)
     torch.manual_seed(settings.seed)  # torchvision's augmentations draw from torch's global generator
     generator = torch.Generator().manual_seed(settings.seed)
@@ -181,12 +182,6 @@ def _starting_weights(model: str, weights: str | Path | None, from_scratch: bool
     from vostool.weights import resolve_weights
 
     return resolve_weights(model, None, offline=True, progress=False)
-
-
-def _device(name: str) -> torch.device:
-    from vostool.api import resolve_device
-
-    return resolve_device(name)
 
 
 def _lr_factor(step: int, total: int) -> float:

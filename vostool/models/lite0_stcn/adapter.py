@@ -18,8 +18,8 @@ from vostool.engine.readout import local_topk_readout
 from vostool.engine.timing import stage
 from vostool.models.checkpoint import expected_layout, load_checkpoint, load_exact_state
 from vostool.models.common import NetworkAdapter
-from vostool.models.lite0_stcn import SPEC
-from vostool.models.lite0_stcn.network import VALUE_DIM, WINDOW_RADIUS, Lite0Features, Lite0STCNNet
+from vostool.models.lite0_stcn import SPEC, WINDOW_RADIUS
+from vostool.models.lite0_stcn.network import VALUE_DIM, Lite0Features, Lite0STCNNet
 
 
 @dataclass(frozen=True)

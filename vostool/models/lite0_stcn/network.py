@@ -16,16 +16,17 @@ Only ``heads`` is trained and stored in a checkpoint; the backbone always comes 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from collections.abc import Sequence
-
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vostool.engine.aggregate import aggregate_logits
+from vostool.engine.readout import dense_local_topk_readout
 from vostool.models.layers import ResBlock, conv_of_concat
+from vostool.models.lite0_stcn import TOP_K, WINDOW_RADIUS
 from vostool.models.propagate_lite0.efficientnet_lite import EfficientNetLite
 
 FEATURE_STRIDE = 8
@@ -149,14 +150,6 @@ class Lite0STCNNet(nn.Module):
         self.backbone = Lite0Backbone()
         self.heads = Lite0STCNHeads()
 
-    def trained_parameters(self) -> Sequence[nn.Parameter]:
-        return list(self.heads.parameters())
-
-
-# Readout settings shared by training and inference: the window and top-k of propagate-lite0.
-WINDOW_RADIUS = 12  # in stride-8 cells
-TOP_K = 20
-
 
 def propagate_sample(net: Lite0STCNNet, frames: torch.Tensor, masks: torch.Tensor) -> list[torch.Tensor]:
     """Training forward pass, as STCN trains: frame 0's mask is given, frame 1 is predicted from it, then
@@ -165,9 +158,6 @@ def propagate_sample(net: Lite0STCNNet, frames: torch.Tensor, masks: torch.Tenso
     ``frames`` (B, T, 3, S, S), ``masks`` (B, T, 1, S, S) -> the two-class (background, object) log-odds
     of frames 1..T-1, each (B, 2, S, S), aggregated the way the engine aggregates at inference.
     """
-    from vostool.engine.aggregate import aggregate_logits
-    from vostool.engine.readout import dense_local_topk_readout
-
     batch, count = frames.shape[:2]
     with torch.no_grad():
         feats = net.backbone(frames.flatten(0, 1))

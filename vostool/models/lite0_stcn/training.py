@@ -23,7 +23,3 @@ class Lite0STCNTrainer:
 
     def forward(self, frames: torch.Tensor, masks: torch.Tensor) -> Sequence[torch.Tensor]:
         return propagate_sample(self.net, frames, masks)
-
-
-def trainer(weights: Path | None, device: torch.device) -> Lite0STCNTrainer:
-    return Lite0STCNTrainer(weights, device)

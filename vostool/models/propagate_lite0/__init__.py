@@ -10,6 +10,9 @@ from vostool.models.spec import PIP_WHEEL, CheckpointSpec, ModelSpec
 
 # Memory = the annotated frame (pinned) + this many most recent frames. Tuned on davis-mini.
 RECENT_FRAMES = 15
+# EfficientNet-Lite models were trained on inputs scaled to [-1, 1] (TF-Lite convention); every model on
+# the Lite0 backbone feeds it this way.
+LITE0_PREPROCESSING = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), short_side=480, stride=16)
 
 
 def lite0_weights_path() -> str:
@@ -28,8 +31,7 @@ SPEC = ModelSpec(
     layout_fn="vostool.models.propagate_lite0.adapter:checkpoint_layout",
     needs_checkpoint=False,
     defaults=ModelSettings(
-        # EfficientNet-Lite models were trained on inputs scaled to [-1, 1] (TF-Lite convention).
-        preprocessing=Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), short_side=480, stride=16),
+        preprocessing=LITE0_PREPROCESSING,
         memory=EveryNthFrame(every=1, max_frames=RECENT_FRAMES + 1),
         top_k=20,
     ),
