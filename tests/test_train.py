@@ -113,6 +113,44 @@ def test_one_annotated_frame_gives_synthetic_sequences(tmp_path):
     assert not torch.equal(masks[0], masks[1])  # three different warps of the one frame
 
 
+def test_shape_in_front_hides_the_target_and_textures_move_with_their_shapes():
+    from vostool.train.shapes import MovingShape, compose
+
+    size = 32
+    square = torch.zeros(size, size, dtype=torch.bool)
+    square[12:20, 12:20] = True  # an 8x8 square at the centre of its own coordinates
+    ramp = torch.arange(size, dtype=torch.float32).expand(3, size, size)  # texture that shows displacement
+    still = lambda texture: MovingShape(torch.cat([texture, square[None].float()]), torch.zeros(2),
+                                        torch.zeros(2), 0.0, 0.0, 1.0)
+    moving = MovingShape(torch.cat([ramp, square[None].float()]), torch.zeros(2), torch.tensor([0.25, 0.0]),
+                         0.0, 0.0, 1.0)  # 0.25 of half the frame: 4 pixels right per frame
+    background = torch.zeros(3, size, size)
+    frame, behind = compose(background, [moving, still(torch.full((3, size, size), 255.0))], 0, 0)
+    assert not behind.any() and (frame[:, square] == 255).all()  # fully hidden at t=0
+    frame, behind = compose(background, [moving, still(torch.full((3, size, size), 255.0))], 0, 1)
+    assert behind.sum() == 4 * 8 and behind[12:20, 20:24].all()  # comes out on the right
+    frame, alone = compose(background, [moving], 0, 2)
+    assert alone[12:20, 20:28].all() and alone.sum() == 64
+    assert torch.allclose(frame[0, 12:20, 20:28], ramp[0, 12:20, 12:20], atol=1e-3)  # its texture moved along
+
+
+def test_shape_sequences_are_reproducible_and_show_their_target(tmp_path):
+    clips = find_clips(write_clip(tmp_path))
+    settings = SamplerSettings(size=64, shapes_fraction=1.0)
+
+    def draw(seed):
+        torch.manual_seed(seed)
+        sampler = TripletSampler(clips, settings, torch.Generator().manual_seed(seed))
+        return [sampler.sample() for _ in range(8)]
+
+    first, again = draw(3), draw(3)
+    assert all(torch.equal(a, b) for pair_a, pair_b in zip(first, again) for a, b in zip(pair_a, pair_b))
+    for frames, masks in first:
+        assert frames.shape == (3, 3, 64, 64) and frames.min() >= -1 and frames.max() <= 1
+        assert set(masks.unique().tolist()) <= {0.0, 1.0} and masks[0].sum() >= 100
+    assert any(not torch.equal(masks[0], masks[2]) for _, masks in first)  # the shapes move
+
+
 # ------------------------------------------------------------------------------------------ loss
 
 
@@ -244,6 +282,7 @@ def test_cli_trains_and_reports(tmp_path):
         (["{data}", "--out", "{tmp}/w.pth", "--init", "stcn"], ("cannot be trained",)),
         (["{data}", "--out", "{tmp}/w.pth", "--init", "nosuch"], ("unknown model",)),
         (["{data}", "--out", "{tmp}/w.pth", "--steps", "0"], ("--steps", "at least 1")),
+        (["{data}", "--out", "{tmp}/w.pth", "--shapes", "1.5"], ("--shapes", "between 0 and 1")),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, args, fragments):

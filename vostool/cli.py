@@ -320,6 +320,7 @@ def train_command(
     learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine decay).")] = 5e-4,
     crop: Annotated[int, typer.Option("--crop", help="Square training crop side in pixels (a multiple of 16).")] = 320,
     max_skip: Annotated[int, typer.Option("--max-skip", help="Most frames between the sampled frames of a clip.")] = 10,
+    shapes: Annotated[float, typer.Option("--shapes", help="Share of samples that are synthetic textured shapes crossing each other (0 to 1).")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed and data give the same weights.")] = 0,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save the training state (OUT.state) every N steps.")] = 100,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT.state, left by an interrupted run.")] = False,
@@ -331,7 +332,8 @@ def train_command(
         from .train import TrainSettings, train
 
         settings = TrainSettings(steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                                 checkpoint_every=checkpoint_every, crop=crop, max_skip=max_skip, device=device)
+                                 checkpoint_every=checkpoint_every, crop=crop, max_skip=max_skip, shapes_fraction=shapes,
+                                 device=device)
         with training_progress(quiet) as progress:
             report = train(data, out_file, model=init, weights=weights, from_scratch=from_scratch, masks=masks,
                            settings=settings, resume=resume, on_step=progress)

@@ -6,7 +6,9 @@ annotation). A sample is three frames of one object:
 * from a video: three annotated frames in order (randomly reversed), at most ``max_skip`` apart, all
   cropped, scaled and flipped alike, each then jittered by a small affine warp and colour change;
 * synthetic, from one annotated frame (STCN's static-image stage): three strong random affine warps of
-  the same frame, so the network learns to follow an object that moves and deforms.
+  the same frame, so the network learns to follow an object that moves and deforms;
+* synthetic shapes (:mod:`vostool.train.shapes`, off unless ``shapes_fraction`` is set): textured
+  shapes crossing each other, over real or synthetic backgrounds.
 
 Frame 0 carries its mask into the network; frames 1 and 2 are predicted, the way STCN trains.
 """
@@ -25,6 +27,7 @@ from torchvision.transforms import v2
 from vostool.errors import InputError
 from vostool.io.frames import FolderFrames, natural_key, read_rgb
 from vostool.io.masks import mask_files_dir, read_mask
+from vostool.train.shapes import ShapeSequences
 
 SAMPLE_FRAMES = 3
 MIN_REFERENCE_PIXELS = 100  # a crop that leaves less of the object in frame 0 is drawn again
@@ -88,6 +91,7 @@ class SamplerSettings:
     max_skip: int = 10  # most frames between consecutive sampled frames
     static_fraction: float = 0.25  # share of synthetic sequences made from single frames
     distractor_fraction: float = 0.5  # share of samples with another clip's object pasted in, as background
+    shapes_fraction: float = 0.0  # share of synthetic moving-shape sequences
 
 
 class TripletSampler:
@@ -102,12 +106,17 @@ class TripletSampler:
         self.video_jitter = _jitter(degrees=5, shear=5, scale=(0.95, 1.05))
         self.static_crop = _crop(size, min_scale=0.5)
         self.static_jitter = _jitter(degrees=20, shear=10, scale=(0.9, 1.1), translate=(0.1, 0.1))
+        self.shapes = ShapeSequences(size, SAMPLE_FRAMES, generator, self._real_image)
 
     def _randint(self, high: int) -> int:
         return int(torch.randint(high, (1,), generator=self.generator))
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(frames (3, 3, S, S) float in [-1, 1], masks (3, 1, S, S) float 0/1)`` of one object."""
+        if self.settings.shapes_fraction and float(torch.rand((), generator=self.generator)) < \
+                self.settings.shapes_fraction:
+            frames, stacked = self.shapes.sample()
+            return frames.div_(127.5).sub_(1.0), stacked.float()
         clip = self.clips[self._randint(len(self.clips))]
         annotated = clip.annotated
         static = len(annotated) < SAMPLE_FRAMES or float(torch.rand((), generator=self.generator)) < \
@@ -129,6 +138,13 @@ class TripletSampler:
         if float(torch.rand((), generator=self.generator)) < self.settings.distractor_fraction:
             self._paste_distractor(frames, stacked)
         return frames.float().div_(127.5).sub_(1.0), stacked.float()  # frames in Lite0's [-1, 1]
+
+    def _real_image(self, size: int) -> torch.Tensor:
+        """A random crop of a random frame of the clips, (3, size, size) uint8."""
+        clip = self.clips[self._randint(len(self.clips))]
+        image = _read_frame(clip.frames[self._randint(len(clip.frames))])
+        return v2.functional.resized_crop(image, *v2.RandomResizedCrop.get_params(image, (0.2, 1.0), (0.75, 1.33)),
+                                          [size, size], antialias=True)
 
     def _paste_distractor(self, frames: torch.Tensor, masks: torch.Tensor) -> None:
         """Paste an object of a random annotated frame over the sample, moving a little from frame to

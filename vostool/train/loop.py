@@ -60,6 +60,7 @@ class TrainSettings:
     max_skip: int = 10
     static_fraction: float = 0.25
     distractor_fraction: float = 0.5
+    shapes_fraction: float = 0.0
     device: str = "auto"
 
 
@@ -135,7 +136,7 @@ def train(
     generator = torch.Generator().manual_seed(settings.seed)
     trainable = build_trainable(model, weights, device)
     sampler = TripletSampler(clips, SamplerSettings(settings.crop, settings.max_skip, settings.static_fraction,
-                                                    settings.distractor_fraction), generator)
+                                                    settings.distractor_fraction, settings.shapes_fraction), generator)
     params = [p for p in trainable.trained.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=1e-4)
     losses: list[float] = []
@@ -218,6 +219,8 @@ def _check_settings(settings: TrainSettings) -> None:
     for name in ("steps", "batch_size", "checkpoint_every", "max_skip"):
         if getattr(settings, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(settings, name)})")
+    if not 0 <= settings.shapes_fraction <= 1:
+        raise InputError(f"--shapes must be between 0 and 1 (got {settings.shapes_fraction})")
 
 
 def _save_state(out: Path, trainable: Trainable, optimizer: torch.optim.Optimizer, generator: torch.Generator,
