@@ -23,6 +23,10 @@ from torchvision.transforms.v2.functional import gaussian_blur
 
 MIN_VISIBLE_PIXELS = 100  # the target must show at least this much in frame 0
 _TRIES = 5
+_SYNTHETIC_TEXTURES = ("noise", "stripes", "checks", "flat")
+# Flat twice: real video rarely shows a large uniform object, and without such objects the decoder learns
+# that uniform regions are background (it hollowed a flat box out from its middle).
+_SHAPE_TEXTURES = ("real", "noise", "stripes", "checks", "flat", "flat")
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -70,38 +74,39 @@ class ShapeSequences:
 
     def _background(self) -> torch.Tensor:
         """(3, S, S): a real frame half of the time, else a synthetic texture."""
-        return self.real_image(self.size).float() if _randint(self.generator, 2) else self._texture(
-            kind_hint=1 + _randint(self.generator, 4))
+        if _randint(self.generator, 2):
+            return self.real_image(self.size).float()
+        return self._texture(_SYNTHETIC_TEXTURES[_randint(self.generator, len(_SYNTHETIC_TEXTURES))])
 
-    def _texture(self, kind_hint: int | None = None) -> torch.Tensor:
-        """(3, S, S) float 0..255: flat, stripes, checks, smooth noise, or a real image crop."""
+    def _texture(self, kind: str | None = None) -> torch.Tensor:
+        """(3, S, S) float 0..255 of ``kind`` (default: drawn from :data:`_SHAPE_TEXTURES`)."""
         g, size = self.generator, self.size
-        kind = _randint(g, 5) if kind_hint is None else kind_hint
+        kind = kind or _SHAPE_TEXTURES[_randint(g, len(_SHAPE_TEXTURES))]
+        if kind == "real":
+            return self.real_image(size).float()
         base = torch.rand(3, 1, 1, generator=g) * 255
         other = torch.rand(3, 1, 1, generator=g) * 255
-        if kind == 0:
-            return self.real_image(size).float()
         ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
                                 indexing="ij")
-        if kind == 1:  # flat, with faint noise
+        if kind == "flat":  # with faint noise
             pattern = torch.zeros(size, size)
-        elif kind == 2:  # stripes at a random angle and period
-            angle, period = _uniform(g, 0, math.pi), _uniform(g, 6, 48)
-            pattern = (torch.sin((xs * math.cos(angle) + ys * math.sin(angle)) * 2 * math.pi / period) > 0).float()
-        elif kind == 3:  # checks
-            cell = int(_uniform(g, 4, 32))
-            pattern = ((ys // cell + xs // cell) % 2).float()
-        else:  # smooth noise
+        elif kind == "noise":  # smooth value noise
             cell = int(_uniform(g, 8, 64))
             coarse = torch.rand(1, 1, size // cell + 2, size // cell + 2, generator=g)
             pattern = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0, 0].clamp(0, 1)
+        elif kind == "stripes":  # at a random angle and period
+            angle, period = _uniform(g, 0, math.pi), _uniform(g, 6, 48)
+            pattern = (torch.sin((xs * math.cos(angle) + ys * math.sin(angle)) * 2 * math.pi / period) > 0).float()
+        else:  # checks
+            cell = int(_uniform(g, 4, 32))
+            pattern = ((ys // cell + xs // cell) % 2).float()
         strength = _uniform(g, 0.1, 1.0)
         image = base + (other - base) * strength * pattern
         return (image + torch.randn(3, size, size, generator=g) * _uniform(g, 0, 6)).clamp(0, 255)
 
     def _shape(self) -> "MovingShape":
         g, size = self.generator, self.size
-        radius = size * _uniform(g, 0.04, 0.3)
+        radius = size * (_uniform(g, 0.25, 0.5) if _randint(g, 3) == 0 else _uniform(g, 0.04, 0.3))
         outline = _outline(g, size, radius)
         texture = torch.cat([self._texture(), outline[None].float()])
         start = torch.tensor([_uniform(g, -0.7, 0.7), _uniform(g, -0.7, 0.7)])
@@ -110,10 +115,16 @@ class ShapeSequences:
                             _uniform(g, 0.9, 1.1))
 
     def _camera(self, frame: torch.Tensor) -> torch.Tensor:
-        """Mild blur (sometimes) and sensor noise, as a video camera and its codec give."""
+        """Mild blur or a low-resolution look (a small video upscaled), sometimes, and sensor noise, as a
+        video camera, its codec and vostool's resize to the working size give."""
         g = self.generator
-        if _randint(g, 2):
+        look = _randint(g, 4)
+        if look < 2:
             frame = gaussian_blur(frame, [5, 5], [_uniform(g, 0.3, 1.2)])
+        elif look == 2:
+            size = frame.shape[-1]
+            small = F.interpolate(frame[None], size=int(size / _uniform(g, 2, 8)), mode="bilinear", antialias=True)
+            frame = F.interpolate(small, size=size, mode="bilinear", align_corners=False)[0]
         return (frame + torch.randn(frame.shape, generator=g) * _uniform(g, 0, 4)).clamp(0, 255)
 
 
