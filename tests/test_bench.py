@@ -83,21 +83,22 @@ def check_result(result: dict, settings: dict) -> None:
 
 def test_bench_json_on_cpu_for_the_default_model_through_the_cli():
     args = ["bench", "--device", "cpu", "--json", "-q", "--size", "32", "--frames", "4", "--repeats", "2",
-            "--warmup", "1", "--growth-frames", "6", "--growth-frames", "12", "--growth-size", "32"]
+            "--warmup", "1", "--growth-frames", "6", "--growth-frames", "24", "--growth-size", "32"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["schema"] == SCHEMA
     assert report["machine"]["device"] == "cpu" and report["machine"]["torch"] == torch.__version__
-    assert report["settings"]["models"] == ["propagate-lite0"] and report["settings"]["repeats"] == 2
+    assert report["settings"]["models"] == ["lite0-stcn"] and report["settings"]["repeats"] == 2
     (lite,) = report["results"]
-    assert lite["model"] == "propagate-lite0" and lite["weights"] == "bundled" and lite["note"] is None
-    check_result(lite, TINY)
+    assert lite["model"] == "lite0-stcn" and lite["weights"] == "bundled" and lite["note"] is None
+    check_result(lite, {**TINY, "growth_frames": (6, 24)})
     assert positive(lite["stages_ms_per_frame"]["segment"])
-    # propagate-lite0 keeps the annotated frame plus the 15 most recent: 6 and 12 frames both fit.
+    # lite0-stcn writes every 3rd frame (not the last), at most 6: 6 frames write 0 and 3; 24 frames would
+    # write 8 and keep 6.
     short, long = lite["growth"]
-    assert (short["memory_frames"], long["memory_frames"]) == (5, 11)
-    assert short["memory_bank_bytes"] * 11 == long["memory_bank_bytes"] * 5  # every entry has one size
+    assert (short["memory_frames"], long["memory_frames"]) == (2, 6)
+    assert short["memory_bank_bytes"] * 3 == long["memory_bank_bytes"]  # every entry has one size
 
 
 def test_bench_stcn_runs_on_synthetic_weights_and_says_so():

@@ -119,8 +119,8 @@ def test_bench_reports_the_compile_time(monkeypatch, fresh_dynamo) -> None:
 
     # The wiring, through dynamo's eager backend (inductor's own time is the real test's above).
     monkeypatch.setattr(bench, "compile_network", lambda network: compile_network(network, backend="eager"))
-    settings = bench.BenchSettings(device="cpu", size=64, objects=2, frames=3, repeats=1, warmup=0,
-                                   growth_frames=(), compile=True)
+    settings = bench.BenchSettings(models=("propagate-lite0",), device="cpu", size=64, objects=2, frames=3,
+                                   repeats=1, warmup=0, growth_frames=(), compile=True)  # one graph
     report = bench.run_bench(settings)
     result = report.results[0]
     assert result.compile_seconds is not None and result.compile_seconds >= 0

@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.test_train import moving_disc_clip
 from vostool.engine.readout import dense_local_topk_readout, local_topk_readout
@@ -64,8 +66,8 @@ def test_dense_windowed_readout_equals_the_streaming_one_and_has_gradients(frame
 
 
 # J&F of the shipped weights on these davis-mini sequences (README table), minus a margin for BLAS/thread
-# differences. The composite's object 2 is the small pasted dog that propagate-lite0 loses (0.746).
-JF_FLOORS = {"car-shadow": (40, 0.91), "libby": (49, 0.90)}
+# differences.
+JF_FLOORS = {"libby": (49, 0.91)}  # thin legs, fast motion
 
 
 @pytest.mark.slow
@@ -84,3 +86,41 @@ def test_shipped_weights_on_a_davis_sequence(tmp_path, seq):
     assert summary.frames == frame_count
     report = evaluate_davis(root, tmp_path / "results", workers=1)
     assert report.global_metrics["J&F-Mean"] >= floor, report.global_metrics
+
+
+def test_shipped_weights_keep_a_large_flat_object():
+    """A flat yellow box on flat grey, upscaled tenfold (a small video at the default --size 480): weights
+    trained on real video only hollowed it out from the middle (J 0.58 by frame 7); trained with flat
+    synthetic shapes too, it stays whole."""
+    import vostool
+    from tests.helpers import paint_boxes
+
+    frame, labels = paint_boxes(np.full((48, 64, 3), 40, np.uint8), [(np.s_[16:32, 10:28], (230, 190, 40), 1)])
+    session = vostool.load("lite0-stcn", device="cpu").session(10)
+    for result in session.track([frame] * 10, {0: labels}):
+        predicted = result.labels == 1
+        assert (predicted & (labels == 1)).sum() / (predicted | (labels == 1)).sum() >= 0.95, result.index
+
+
+@pytest.mark.slow
+def test_shipped_weights_follow_the_readme_demo_through_the_crossing(tmp_path):
+    """The README's main job, at the default size: two textured shapes crossing (object 2 in front).
+    Weights trained on single-object DAVIS only lost object 2 after the crossing (IoU 0.19)."""
+    import importlib.util
+
+    import vostool
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("make_demo", REPO_ROOT / "scripts" / "make_demo.py")
+    make_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_demo)
+    background, textures = make_demo.make_textures()
+    vostool.segment(REPO_ROOT / "assets" / "demo.mp4", REPO_ROOT / "assets" / "demo_mask.png",
+                    out_dir=tmp_path / "out", device="cpu")
+    predicted_files = sorted((tmp_path / "out").glob("*.png"))
+    assert len(predicted_files) == make_demo.FRAMES
+    for t, predicted_file in enumerate(predicted_files):
+        truth, predicted = make_demo.render(t, background, textures)[1], np.array(Image.open(predicted_file))
+        for k in (1, 2):
+            iou = ((truth == k) & (predicted == k)).sum() / ((truth == k) | (predicted == k)).sum()
+            assert iou >= 0.9, (t, k, iou)

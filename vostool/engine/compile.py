@@ -2,7 +2,7 @@
 
 A network's modules fall in two kinds. Encoders and decoders see tensors shaped by the frame (and the
 number of objects): fixed for a video, so each compiles once per resolution. The memory readout sees
-tensors that grow with the memory bank, so it is left eager: STCN's and the default model's readouts are
+tensors that grow with the memory bank, so it is left eager: STCN's and the Lite0 models' readouts are
 functions (``vostool.engine.readout``) and JointFormer's joint blocks are called through their
 sub-modules (never compiled). The rule is generic: the units compiled are the outermost modules of
 ``network.net`` with a ``forward`` of their own class (:func:`compiled_units`).

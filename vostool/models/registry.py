@@ -23,7 +23,7 @@ from vostool.errors import UnknownModelError
 from vostool.models.spec import Layout, ModelSpec
 
 ENTRY_POINT_GROUP = "vostool.models"
-DEFAULT_MODEL = "propagate-lite0"
+DEFAULT_MODEL = "lite0-stcn"
 
 # The built-in model packages (vostool/models/<name>/), in the order `--help` and `weights list` show them.
 _BUILT_IN = ("propagate_lite0", "lite0_stcn", "stcn", "sitvos", "simvos", "jointformer")

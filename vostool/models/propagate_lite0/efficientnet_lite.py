@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0: the ImageNet backbone of the offline default model.
+"""EfficientNet-Lite0: the ImageNet backbone of the offline models (propagate-lite0, lite0-stcn).
 
 EfficientNet-Lite drops squeeze-and-excitation and uses ReLU6, which makes it friendly to every device.
 Module names follow the ``efficientnet_pytorch`` convention (``_conv_stem``, ``_bn0``,
@@ -48,7 +48,7 @@ class SameConv2d(nn.Conv2d):
     For stride 1 and an odd kernel that is the usual symmetric ``kernel // 2``. For stride 2 on an even
     size TF pads one pixel less before than after; PyTorch's symmetric padding would sample every
     stride-2 layer half a pixel off, so stride-8 and stride-16 features end up misaligned with each other
-    (that cost the default model 0.14 J&F on davis-mini).
+    (that cost propagate-lite0 0.14 J&F on davis-mini).
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> None:

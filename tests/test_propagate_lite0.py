@@ -1,4 +1,4 @@
-"""The offline default model: Lite0 loads strictly from the wheel, and segments a real DAVIS sequence well."""
+"""propagate-lite0: Lite0 loads strictly from the wheel, and segments a real DAVIS sequence well."""
 
 from __future__ import annotations
 
@@ -60,12 +60,12 @@ def test_lite0_recognises_a_black_swan():
 
 # J&F measured with the shipped settings (README table), minus a margin for BLAS/thread differences.
 # libby (thin legs, fast motion) is the sequence that exposed the stride-2 padding bug (0.555 -> 0.852).
-JF_FLOORS = {"car-shadow": (40, 0.93), "libby": (49, 0.82)}
+JF_FLOORS = {"libby": (49, 0.82)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seq", sorted(JF_FLOORS))
-def test_default_model_on_a_davis_sequence(tmp_path, seq):
+def test_propagate_lite0_on_a_davis_sequence(tmp_path, seq):
     """A real 480p sequence through `vostool.segment`, scored with the DAVIS evaluator."""
     import vostool
     from vostool.eval import evaluate_davis
@@ -74,7 +74,7 @@ def test_default_model_on_a_davis_sequence(tmp_path, seq):
     frames = davis_mini_with_one_sequence(root, seq)
     results = tmp_path / "results"
     summary = vostool.segment(frames, DAVIS_MINI / "Annotations" / "480p" / seq / "00000.png",
-                              out_dir=results / seq, device="cpu")
+                              model="propagate-lite0", out_dir=results / seq, device="cpu")
     frame_count, floor = JF_FLOORS[seq]
     assert summary.frames == frame_count and summary.objects == [1]
     score = evaluate_davis(root, results, workers=1).global_metrics["J&F-Mean"]
