@@ -290,7 +290,7 @@ def test_signal_leaves_old_outputs_and_no_temp_files(signum, code, line, tmp_pat
     process = subprocess.Popen(
         [sys.executable, "-m", "vostool.cli", "segment", str(frames), "--mask", str(mask), "--out", str(work / "out"),
          "--overlay", str(work / "overlay.mp4"), "--size", "-1", "--device", "cpu", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), preexec_fn=_as_in_a_terminal,
     )
     try:
         _wait_for_progress(process, work, before)
@@ -303,6 +303,12 @@ def test_signal_leaves_old_outputs_and_no_temp_files(signum, code, line, tmp_pat
     lines = [text for text in stderr.splitlines() if text.strip()]
     assert lines == [line], stderr
     assert _listing(work) == before
+
+
+def _as_in_a_terminal() -> None:
+    """Ctrl-C's default action in the child, as in a terminal: a test run started in the background (``&``
+    in a script) ignores SIGINT, and its children would inherit that and never see the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _make_davis(root: Path, sequences: int, frames: int) -> Path:
@@ -344,6 +350,7 @@ def test_ctrl_c_during_eval_is_one_line_and_exit_130(tmp_path):
             [sys.executable, "-m", "vostool.cli", "eval", "--davis", str(davis), "--results", str(davis / "results"),
              "--workers", "2", "--quiet"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True,
+            preexec_fn=_as_in_a_terminal,
         )
         try:
             _wait_for_workers(process)
