@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tests.test_train import moving_disc_clip
 from vostool.engine.readout import dense_local_topk_readout, local_topk_readout
@@ -102,25 +101,32 @@ def test_shipped_weights_keep_a_large_flat_object():
         assert (predicted & (labels == 1)).sum() / (predicted | (labels == 1)).sum() >= 0.95, result.index
 
 
+DEMO_FRAMES = 24  # the crossing is over by frame 19; weights that lose object 2 are below 0.9 from there
+
+
 @pytest.mark.slow
-def test_shipped_weights_follow_the_readme_demo_through_the_crossing(tmp_path):
-    """The README's main job, at the default size: two textured shapes crossing (object 2 in front).
-    Weights trained on single-object DAVIS only lost object 2 after the crossing (IoU 0.19)."""
+def test_shipped_weights_follow_the_readme_demo_through_the_crossing():
+    """The README's main job, default model and settings: two textured shapes crossing (object 2 in front).
+    Weights trained on single-object DAVIS only lost object 2 after the crossing (IoU 0.83 at frame 19,
+    0.19 at the end)."""
     import importlib.util
+    from itertools import islice
 
     import vostool
     from tests.conftest import REPO_ROOT
+    from vostool.io.frames import open_frames
+    from vostool.io.masks import read_mask
 
     spec = importlib.util.spec_from_file_location("make_demo", REPO_ROOT / "scripts" / "make_demo.py")
     make_demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_demo)
     background, textures = make_demo.make_textures()
-    vostool.segment(REPO_ROOT / "assets" / "demo.mp4", REPO_ROOT / "assets" / "demo_mask.png",
-                    out_dir=tmp_path / "out", device="cpu")
-    predicted_files = sorted((tmp_path / "out").glob("*.png"))
-    assert len(predicted_files) == make_demo.FRAMES
-    for t, predicted_file in enumerate(predicted_files):
-        truth, predicted = make_demo.render(t, background, textures)[1], np.array(Image.open(predicted_file))
+    session = vostool.load(device="cpu").session()
+    session.add_masks(0, read_mask(REPO_ROOT / "assets" / "demo_mask.png").labels)
+    results = list(session.track(islice(open_frames(REPO_ROOT / "assets" / "demo.mp4"), DEMO_FRAMES)))
+    assert len(results) == DEMO_FRAMES
+    for t, result in enumerate(results):
+        truth = make_demo.render(t, background, textures)[1]
         for k in (1, 2):
-            iou = ((truth == k) & (predicted == k)).sum() / ((truth == k) | (predicted == k)).sum()
+            iou = ((truth == k) & (result.labels == k)).sum() / ((truth == k) | (result.labels == k)).sum()
             assert iou >= 0.9, (t, k, iou)

@@ -59,8 +59,9 @@ def test_lite0_recognises_a_black_swan():
 
 
 # J&F measured with the shipped settings (README table), minus a margin for BLAS/thread differences.
-# libby (thin legs, fast motion) is the sequence that exposed the stride-2 padding bug (0.555 -> 0.852).
-JF_FLOORS = {"libby": (49, 0.82)}
+# (libby, thin legs and fast motion, exposed the stride-2 padding bug, 0.555 -> 0.852: the padding has
+# unit tests above, and the default model's test runs libby.)
+JF_FLOORS = {"car-shadow": (40, 0.93)}
 
 
 @pytest.mark.slow
