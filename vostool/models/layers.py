@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+
+if TYPE_CHECKING:  # importing torchvision takes over a second; only the ResNet models need it, and pass the block
+    from torchvision.models.resnet import BasicBlock, Bottleneck
 
 # Official timm-0.3.2 ViT: LayerNorm eps 1e-6 everywhere in the backbone (and in SimVOS's pyramid).
 VIT_EPS = 1e-6
