@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 # Set before torch loads OpenMP. Where other work shares the cores, a thread that spins while it waits
@@ -32,15 +33,20 @@ def require(path: Path) -> Path:
     return path
 
 
+def load_script(path: Path) -> ModuleType:
+    """A script (not a package module) imported by its path, registered under its stem (its dataclasses
+    look their module up there)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def synthweights():
     """The official synthetic-weights builder from ../shared/spec/synthweights.py."""
-    script = require(SPEC / "synthweights.py")
-    spec = importlib.util.spec_from_file_location("synthweights", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["synthweights"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(require(SPEC / "synthweights.py"))
 
 
 @pytest.fixture(autouse=True)

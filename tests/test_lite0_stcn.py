@@ -109,17 +109,14 @@ def test_shipped_weights_follow_the_readme_demo_through_the_crossing():
     """The README's main job, default model and settings: two textured shapes crossing (object 2 in front).
     Weights trained on single-object DAVIS only lost object 2 after the crossing (IoU 0.83 at frame 19,
     0.19 at the end)."""
-    import importlib.util
     from itertools import islice
 
     import vostool
-    from tests.conftest import REPO_ROOT
+    from tests.conftest import REPO_ROOT, load_script
     from vostool.io.frames import open_frames
     from vostool.io.masks import read_mask
 
-    spec = importlib.util.spec_from_file_location("make_demo", REPO_ROOT / "scripts" / "make_demo.py")
-    make_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_demo)
+    make_demo = load_script(REPO_ROOT / "scripts" / "make_demo.py")
     background, textures = make_demo.make_textures()
     session = vostool.load(device="cpu").session()
     session.add_masks(0, read_mask(REPO_ROOT / "assets" / "demo_mask.png").labels)

@@ -7,14 +7,11 @@ by scripts/precision_agreement.py, whose clips and measurement this test reuses.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, require
+from tests.conftest import REPO_ROOT, load_script, require
 from tests.helpers import gradient_frames
 from vostool.engine.core import propagate
 from vostool.engine.precision import tf32_matmul
@@ -28,12 +25,7 @@ MAX_PROBABILITY_CHANGE = 0.1  # measured <= 0.07 on every clip; a broken island 
 
 @pytest.fixture(scope="module")
 def precision_script():
-    path = require(REPO_ROOT / "scripts" / "precision_agreement.py")
-    spec = importlib.util.spec_from_file_location("precision_agreement", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["precision_agreement"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(require(REPO_ROOT / "scripts" / "precision_agreement.py"))
 
 
 # Every model with a parity clip (simvos-l has none: scripts/precision_agreement.py measures it on its
