@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 from vostool.errors import InputError
 from vostool.io.frames import FolderFrames, natural_key, read_rgb
 from vostool.io.masks import mask_files_dir, read_mask
-from vostool.train.shapes import ShapeSequences
+from vostool.train.shapes import ShapeSequences, randint, uniform
 
 SAMPLE_FRAMES = 3
 MIN_REFERENCE_PIXELS = 100  # a crop that leaves less of the object in frame 0 is drawn again
@@ -109,18 +109,20 @@ class TripletSampler:
         self.shapes = ShapeSequences(size, SAMPLE_FRAMES, generator, self._real_image)
 
     def _randint(self, high: int) -> int:
-        return int(torch.randint(high, (1,), generator=self.generator))
+        return randint(self.generator, high)
+
+    def _chance(self, fraction: float) -> bool:
+        return uniform(self.generator) < fraction
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(frames (3, 3, S, S) float in [-1, 1], masks (3, 1, S, S) float 0/1)`` of one object."""
-        if self.settings.shapes_fraction and float(torch.rand((), generator=self.generator)) < \
-                self.settings.shapes_fraction:
+        # No draw at all when shapes are off: the samples stay those of runs made before they existed.
+        if self.settings.shapes_fraction and self._chance(self.settings.shapes_fraction):
             frames, stacked = self.shapes.sample()
             return frames.div_(127.5).sub_(1.0), stacked.float()
         clip = self.clips[self._randint(len(self.clips))]
         annotated = clip.annotated
-        static = len(annotated) < SAMPLE_FRAMES or float(torch.rand((), generator=self.generator)) < \
-            self.settings.static_fraction
+        static = len(annotated) < SAMPLE_FRAMES or self._chance(self.settings.static_fraction)
         if static:
             index = annotated[self._randint(len(annotated))]
             images, labels = [_read_frame(clip.frames[index])], [_read_labels(clip.masks[index])]
@@ -135,7 +137,7 @@ class TripletSampler:
             if out_masks[0].sum() >= MIN_REFERENCE_PIXELS:
                 break
         frames, stacked = torch.stack(frames), torch.stack(out_masks).bool()
-        if float(torch.rand((), generator=self.generator)) < self.settings.distractor_fraction:
+        if self._chance(self.settings.distractor_fraction):
             self._paste_distractor(frames, stacked)
         return frames.float().div_(127.5).sub_(1.0), stacked.float()  # frames in Lite0's [-1, 1]
 
@@ -160,7 +162,7 @@ class TripletSampler:
         box = (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1))
         patch, shape = _read_frame(clip.frames[index])[:, box[0], box[1]], shape[box]
         size = frames.shape[-1]
-        scale = size * (0.2 + 0.4 * float(torch.rand((), generator=self.generator))) / max(shape.shape)
+        scale = size * (0.2 + 0.4 * uniform(self.generator)) / max(shape.shape)
         h, w = max(1, int(shape.shape[0] * scale)), max(1, int(shape.shape[1] * scale))
         patch = F.interpolate(patch[None].float(), size=(h, w), mode="bilinear", antialias=True)[0]
         shape = F.interpolate(shape[None, None].float(), size=(h, w), mode="nearest")[0, 0].bool()

@@ -29,11 +29,13 @@ _SYNTHETIC_TEXTURES = ("noise", "stripes", "checks", "flat")
 _SHAPE_TEXTURES = ("real", "noise", "stripes", "checks", "flat", "flat")
 
 
-def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+def uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) -> float:
+    """One draw in [low, high) from ``generator`` (training samples draw only from theirs: reproducible)."""
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
-def _randint(generator: torch.Generator, high: int) -> int:
+def randint(generator: torch.Generator, high: int) -> int:
+    """One integer in [0, high) from ``generator``."""
     return int(torch.randint(high, (1,), generator=generator))
 
 
@@ -60,10 +62,10 @@ class ShapeSequences:
     def _render(self) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.generator
         background = self._background()
-        count = 1 + _randint(g, 3)
+        count = 1 + randint(g, 3)
         shapes = [self._shape() for _ in range(count)]  # depth order: later ones in front
-        target = _randint(g, count)
-        pan = torch.tensor([_uniform(g, -0.04, 0.04), _uniform(g, -0.04, 0.04)])  # camera drift per frame
+        target = randint(g, count)
+        pan = torch.tensor([uniform(g, -0.04, 0.04), uniform(g, -0.04, 0.04)])  # camera drift per frame
         frames, masks = [], []
         for t in range(self.frames):
             frame, mask = compose(_warp(background, torch.eye(2), pan * t, 1.0, padding="border")[0], shapes,
@@ -74,58 +76,58 @@ class ShapeSequences:
 
     def _background(self) -> torch.Tensor:
         """(3, S, S): a real frame half of the time, else a synthetic texture."""
-        if _randint(self.generator, 2):
+        if randint(self.generator, 2):
             return self.real_image(self.size).float()
-        return self._texture(_SYNTHETIC_TEXTURES[_randint(self.generator, len(_SYNTHETIC_TEXTURES))])
+        return self._texture(_SYNTHETIC_TEXTURES[randint(self.generator, len(_SYNTHETIC_TEXTURES))])
 
     def _texture(self, kind: str | None = None) -> torch.Tensor:
         """(3, S, S) float 0..255 of ``kind`` (default: drawn from :data:`_SHAPE_TEXTURES`)."""
         g, size = self.generator, self.size
-        kind = kind or _SHAPE_TEXTURES[_randint(g, len(_SHAPE_TEXTURES))]
+        kind = kind or _SHAPE_TEXTURES[randint(g, len(_SHAPE_TEXTURES))]
         if kind == "real":
             return self.real_image(size).float()
         base = torch.rand(3, 1, 1, generator=g) * 255
         other = torch.rand(3, 1, 1, generator=g) * 255
-        ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                                indexing="ij")
         if kind == "flat":  # with faint noise
             pattern = torch.zeros(size, size)
         elif kind == "noise":  # smooth value noise
-            cell = int(_uniform(g, 8, 64))
+            cell = int(uniform(g, 8, 64))
             coarse = torch.rand(1, 1, size // cell + 2, size // cell + 2, generator=g)
             pattern = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0, 0].clamp(0, 1)
         elif kind == "stripes":  # at a random angle and period
-            angle, period = _uniform(g, 0, math.pi), _uniform(g, 6, 48)
+            angle, period = uniform(g, 0, math.pi), uniform(g, 6, 48)
+            ys, xs = _pixel_grid(size)
             pattern = (torch.sin((xs * math.cos(angle) + ys * math.sin(angle)) * 2 * math.pi / period) > 0).float()
         else:  # checks
-            cell = int(_uniform(g, 4, 32))
+            cell = int(uniform(g, 4, 32))
+            ys, xs = _pixel_grid(size)
             pattern = ((ys // cell + xs // cell) % 2).float()
-        strength = _uniform(g, 0.1, 1.0)
+        strength = uniform(g, 0.1, 1.0)
         image = base + (other - base) * strength * pattern
-        return (image + torch.randn(3, size, size, generator=g) * _uniform(g, 0, 6)).clamp(0, 255)
+        return (image + torch.randn(3, size, size, generator=g) * uniform(g, 0, 6)).clamp(0, 255)
 
     def _shape(self) -> "MovingShape":
         g, size = self.generator, self.size
-        radius = size * (_uniform(g, 0.25, 0.5) if _randint(g, 3) == 0 else _uniform(g, 0.04, 0.3))
+        radius = size * (uniform(g, 0.25, 0.5) if randint(g, 3) == 0 else uniform(g, 0.04, 0.3))
         outline = _outline(g, size, radius)
         texture = torch.cat([self._texture(), outline[None].float()])
-        start = torch.tensor([_uniform(g, -0.7, 0.7), _uniform(g, -0.7, 0.7)])
-        velocity = torch.tensor([_uniform(g, -0.25, 0.25), _uniform(g, -0.25, 0.25)])
-        return MovingShape(texture, start, velocity, _uniform(g, 0, 2 * math.pi), _uniform(g, -0.15, 0.15),
-                            _uniform(g, 0.9, 1.1))
+        start = torch.tensor([uniform(g, -0.7, 0.7), uniform(g, -0.7, 0.7)])
+        velocity = torch.tensor([uniform(g, -0.25, 0.25), uniform(g, -0.25, 0.25)])
+        return MovingShape(texture, start, velocity, uniform(g, 0, 2 * math.pi), uniform(g, -0.15, 0.15),
+                            uniform(g, 0.9, 1.1))
 
     def _camera(self, frame: torch.Tensor) -> torch.Tensor:
         """Mild blur or a low-resolution look (a small video upscaled), sometimes, and sensor noise, as a
         video camera, its codec and vostool's resize to the working size give."""
         g = self.generator
-        look = _randint(g, 4)
+        look = randint(g, 4)
         if look < 2:
-            frame = gaussian_blur(frame, [5, 5], [_uniform(g, 0.3, 1.2)])
+            frame = gaussian_blur(frame, [5, 5], [uniform(g, 0.3, 1.2)])
         elif look == 2:
             size = frame.shape[-1]
-            small = F.interpolate(frame[None], size=int(size / _uniform(g, 2, 8)), mode="bilinear", antialias=True)
+            small = F.interpolate(frame[None], size=int(size / uniform(g, 2, 8)), mode="bilinear", antialias=True)
             frame = F.interpolate(small, size=size, mode="bilinear", align_corners=False)[0]
-        return (frame + torch.randn(frame.shape, generator=g) * _uniform(g, 0, 4)).clamp(0, 255)
+        return (frame + torch.randn(frame.shape, generator=g) * uniform(g, 0, 4)).clamp(0, 255)
 
 
 def compose(background: torch.Tensor, shapes: list["MovingShape"], target: int, t: int
@@ -156,6 +158,12 @@ class MovingShape:
         return warped[:3], warped[3] > 0.5
 
 
+def _pixel_grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column coordinates of a (size, size) image."""
+    axis = torch.arange(size, dtype=torch.float32)
+    return torch.meshgrid(axis, axis, indexing="ij")
+
+
 def _warp(image: torch.Tensor, rotation: torch.Tensor, centre: torch.Tensor, scale: float,
           padding: str = "zeros") -> torch.Tensor:
     """``image`` (C, S, S) drawn rotated, scaled and centred at ``centre`` (normalised coordinates)."""
@@ -167,16 +175,16 @@ def _warp(image: torch.Tensor, rotation: torch.Tensor, centre: torch.Tensor, sca
 
 def _outline(generator: torch.Generator, size: int, radius: float) -> torch.Tensor:
     """(S, S) bool: a star-like polygon, an ellipse or a box of about ``radius``, centred."""
-    kind = _randint(generator, 3)
+    kind = randint(generator, 3)
     if kind == 0:
-        corners = 5 + _randint(generator, 8)
-        angles = np.sort(np.array([_uniform(generator, 0, 2 * math.pi) for _ in range(corners)]))
-        radii = np.array([radius * _uniform(generator, 0.45, 1.0) for _ in range(corners)])
+        corners = 5 + randint(generator, 8)
+        angles = np.sort(np.array([uniform(generator, 0, 2 * math.pi) for _ in range(corners)]))
+        radii = np.array([radius * uniform(generator, 0.45, 1.0) for _ in range(corners)])
     else:
         corners = 48 if kind == 1 else 4
         angles = np.arange(corners) * 2 * math.pi / corners + (math.pi / 4 if kind == 2 else 0)
         radii = np.full(corners, radius)
-    aspect = _uniform(generator, 0.4, 1.0)
+    aspect = uniform(generator, 0.4, 1.0)
     points = [(size / 2 + r * math.cos(a), size / 2 + r * aspect * math.sin(a)) for r, a in zip(radii, angles)]
     canvas = Image.new("L", (size, size), 0)
     ImageDraw.Draw(canvas).polygon(points, fill=1)
