@@ -47,6 +47,28 @@ def clip(tmp_path_factory) -> dict:
     return {"dir": frames_dir, "video": video, "mask": mask, "labels": labels, "root": root}
 
 
+def _command_paths(group, prefix=()) -> list[tuple[str, ...]]:
+    """Every command of the click group, by the words that call it (sub-apps such as ``weights`` included)."""
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if hasattr(command, "commands"):  # a group (typer carries its own copy of click's classes)
+            paths.extend(_command_paths(command, (*prefix, name)))
+    return paths
+
+
+def test_every_command_prints_its_help():
+    # Rich reads help text as markup, so a bracket such as "[/480p]" there fails only when --help runs.
+    import typer
+
+    paths = _command_paths(typer.main.get_command(app))
+    assert {("segment",), ("eval",), ("train",), ("weights", "list")} <= set(paths)
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "120"})
+        assert result.exit_code == 0, f"vostool {' '.join(path)} --help: {result.exception!r}"
+        assert "Usage" in result.output
+
+
 def test_segment_folder_writes_every_output(clip, tmp_path):
     out, overlay, rle = tmp_path / "masks", tmp_path / "overlay.mp4", tmp_path / "rle.json"
     result = runner.invoke(

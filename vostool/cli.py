@@ -309,7 +309,7 @@ def eval_command(
 
 @app.command("train")
 def train_command(
-    data: Annotated[Path, typer.Argument(help="DAVIS-layout folder (JPEGImages[/480p]/<clip>, Annotations[/480p]/<clip>), or one clip's frame folder with --masks.")],
+    data: Annotated[Path, typer.Argument(help="DAVIS-layout folder (JPEGImages/<clip> and Annotations/<clip>, or the same under a 480p folder), or one clip's frame folder with --masks.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Write the trained weights here (.pth); use them with segment --weights.")],
     masks: Annotated[Optional[Path], typer.Option("--masks", help="With a frame folder: its masks, named like the frames, for any number of frames.")] = None,
     init: Annotated[str, typer.Option("--init", help="The model to train; it starts from its own shipped weights.")] = "lite0-stcn",
