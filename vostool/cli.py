@@ -384,7 +384,7 @@ def training_progress(quiet: bool) -> Iterator:
         bar.stop()
 
 
-weights_app = typer.Typer(help="List, download, locate and verify released checkpoints.", no_args_is_help=True)
+weights_app = typer.Typer(help="List, download, locate and verify released checkpoints; blend two checkpoints.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 
 
@@ -470,6 +470,26 @@ def weights_verify(
             matched = ", ".join(result.hash_matches) or "no reference hash yet"
             out.print(f"[green]ok[/] {result.path} ({result.model}, {result.num_tensors} tensors, "
                       f"sha256 {result.sha256[:16]}…, matches: {matched})", highlight=False)
+
+
+@weights_app.command("blend")
+def weights_blend(
+    first: Annotated[Path, typer.Argument(help="A checkpoint file of the model.")],
+    second: Annotated[Path, typer.Argument(help="Another checkpoint file of the same model.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The blended weights file to write (.pth).")],
+    share: Annotated[float, typer.Option("--share", help="SECOND's share of the blend: 0 gives FIRST, 1 gives SECOND.")] = 0.5,
+    model: Annotated[str, typer.Option("--model", help=f"The model both files are for. {MODEL_HELP}")] = DEFAULT_MODEL,
+) -> None:
+    """Average two checkpoints of one model, tensor by tensor: (1 - share) x FIRST + share x SECOND.
+
+    Blending a fine-tune with the weights it started from keeps some of their general behaviour.
+    """
+    from . import weights
+
+    with user_errors():
+        path = weights.blend_checkpoints(first, second, out, model=model, share=share)
+        err.print(f"wrote {path} ({1 - share:g} x {first.name} + {share:g} x {second.name}, "
+                  f"sha256 {weights.sha256_file(path)})", highlight=False, soft_wrap=True)
 
 
 BENCH_JSON_HELP = (

@@ -9,6 +9,7 @@ names to tensors; :func:`check_layout` compares that mapping with the layout the
 from __future__ import annotations
 
 import fnmatch
+import io
 import pickle
 import pickletools
 import re
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from vostool.errors import ModelError
+from vostool.io.writers import atomic_path
 
 # How many key names a mismatch message lists per category before it says "...".
 _NAMES_SHOWN = 3
@@ -65,6 +67,16 @@ def load_checkpoint(
     except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on foreign or damaged bytes
         raise _load_failure(path, head, exc) from exc
     return _as_state_dict(obj, path, unwrap)
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Write the state_dict ``state`` to ``path`` through a temporary file (an existing ``path`` stays as it
+    was until the new file is complete). The same tensors give the same bytes, so a sha256 names them."""
+    # Saved through memory: torch.save names the archive after the file it writes, here a temporary name.
+    buffer = io.BytesIO()
+    torch.save({name: tensor.detach().cpu() for name, tensor in state.items()}, buffer)
+    with atomic_path(path) as temp:
+        temp.write_bytes(buffer.getvalue())
 
 
 def _read_head(path: Path) -> bytes:

@@ -16,7 +16,6 @@ A failed or interrupted run therefore leaves an earlier run's ``my.pth`` and ``m
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import pkgutil
 import time
@@ -31,6 +30,7 @@ from torch import nn
 from vostool.api import resolve_device
 from vostool.errors import InputError, ModelError
 from vostool.io.writers import atomic_path
+from vostool.models.checkpoint import save_checkpoint
 from vostool.train.curve import draw_loss_curve
 from vostool.train.data import SamplerSettings, TripletSampler, find_clips
 from vostool.train.loss import bootstrapped_cross_entropy, hard_pixel_fraction
@@ -261,10 +261,4 @@ def _restore(path: Path, trainable: Trainable, optimizer: torch.optim.Optimizer,
 
 def _write_weights(out: Path, trained: nn.Module) -> None:
     """The trained part's state_dict in fp16 (the shipped checkpoint's form), through a temporary file."""
-    state = {name: tensor.detach().to("cpu", torch.float16) for name, tensor in trained.state_dict().items()}
-    # Saved through memory: torch.save names the archive after the file, here a temporary name, and the
-    # same weights should give the same bytes (and sha256) in every run.
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    with atomic_path(out) as temp:
-        temp.write_bytes(buffer.getvalue())
+    save_checkpoint(out, {name: tensor.to(torch.float16) for name, tensor in trained.state_dict().items()})

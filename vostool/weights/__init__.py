@@ -1,9 +1,10 @@
 """Released checkpoints (listed in the model specs): lookup, the cache, downloads and verification.
 
-``resolve_weights`` is what commands call; the rest serves ``vostool weights list|download|path|verify``
+``resolve_weights`` is what commands call; the rest serves ``vostool weights list|download|path|verify|blend``
 and library users who manage weights themselves.
 """
 
+from vostool.weights.blend import blend_checkpoints
 from vostool.weights.cache import (
     HOME_ENV,
     cache_dir,
@@ -41,6 +42,7 @@ from vostool.weights.verify import (
     VerifyResult,
     checkpoint_for_file,
     default_layout_of,
+    load_verified,
     verify,
 )
 
@@ -54,6 +56,7 @@ __all__ = [
     "DownloadError",
     "LayoutProvider",
     "VerifyResult",
+    "blend_checkpoints",
     "cache_dir",
     "cache_file",
     "cached_path",
@@ -68,6 +71,7 @@ __all__ = [
     "get_checkpoint",
     "hash_record_path",
     "list_checkpoints",
+    "load_verified",
     "offline_message",
     "offline_requested",
     "read_recorded_sha256",

@@ -71,7 +71,7 @@ def verify(
     checkpoint = checkpoint or checkpoint_for_file(path)
     model = _model_to_check(path, model, checkpoint)
     digest, matches = check_hashes(path, expected_sha256, checkpoint)
-    state = _check_layout(path, model, layout_of or default_layout_of)
+    state = load_verified(path, model, layout_of or default_layout_of)
     return VerifyResult(
         path=path,
         model=model,
@@ -144,7 +144,8 @@ def _model_to_check(path: Path, model: str | None, checkpoint: Checkpoint | None
     return model
 
 
-def _check_layout(path: Path, model: str, layout_of: LayoutProvider) -> dict:
+def load_verified(path: Path, model: str, layout_of: LayoutProvider) -> dict:
+    """The state_dict in ``path``, after checking that it has ``model``'s exact layout (ModelError if not)."""
     # Imported here: the models package is heavier than the registry and not needed for listing.
     from vostool.models.checkpoint import check_layout, load_checkpoint
 

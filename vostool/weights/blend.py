@@ -1,0 +1,63 @@
+"""Blending two checkpoints of one model: a weighted average of their tensors, name by name.
+
+Two fine-tunes from one starting point can be averaged in weight space (a "model soup"; WiSE-FT blends a
+fine-tune with its starting weights) and often keep what each run learnt. lite0-stcn's shipped checkpoint
+is such a blend, and a user can blend their own fine-tune with the shipped weights the same way, to keep
+some of the shipped model's general behaviour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vostool.errors import InputError
+from vostool.weights.verify import LayoutProvider, default_layout_of, load_verified
+
+
+def blend_checkpoints(
+    first: str | Path,
+    second: str | Path,
+    out: str | Path,
+    *,
+    model: str,
+    share: float = 0.5,
+    layout_of: LayoutProvider | None = None,
+) -> Path:
+    """Write ``(1 - share) * first + share * second`` to ``out`` and return ``out``.
+
+    Both files must have ``model``'s exact layout. Each tensor is averaged in fp32 and stored in
+    ``first``'s dtype; whole-number tensors (counters) are taken from ``first``. ``out`` is written
+    through a temporary file, and never replaces either input.
+    """
+    first, second, out = Path(first), Path(second), Path(out)
+    if not 0 <= share <= 1:
+        raise InputError(f"--share must be between 0 and 1 (got {share})")
+    _check_out(out, (first, second))
+    layout_of = layout_of or default_layout_of
+    a = load_verified(first, model, layout_of)
+    b = load_verified(second, model, layout_of)
+    blended = {name: _average(tensor, b[name], share) for name, tensor in a.items()}
+    from vostool.models.checkpoint import save_checkpoint  # the models package is heavier than this one
+
+    save_checkpoint(out, blended)
+    return out
+
+
+def _average(a: torch.Tensor, b: torch.Tensor, share: float) -> torch.Tensor:
+    if not a.is_floating_point():
+        return a
+    return ((1 - share) * a.float() + share * b.float()).to(a.dtype)
+
+
+def _check_out(out: Path, inputs: tuple[Path, Path]) -> None:
+    if out.suffix != ".pth":
+        raise InputError("the blended weights file must end in .pth", out)
+    if out.is_dir():
+        raise InputError("is a folder; --out names the weights file to write", out)
+    if not out.parent.is_dir():
+        raise InputError("folder does not exist", out.parent)
+    for source in inputs:
+        if out.resolve() == source.resolve():
+            raise InputError("is one of the files being blended; write the blend to a new file", out)
