@@ -9,11 +9,13 @@ some of the shipped model's general behaviour.
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from vostool.errors import InputError
 from vostool.weights.verify import LayoutProvider, default_layout_of, load_verified
+
+if TYPE_CHECKING:  # listing checkpoints (this package) must not import torch
+    import torch
 
 
 def blend_checkpoints(
