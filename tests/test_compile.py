@@ -84,6 +84,23 @@ def test_stcn_recompiles_only_when_the_object_batch_changes(fresh_dynamo) -> Non
     assert traced[-3] == traced[-2] == traced[-1] <= len(units) + 2
 
 
+def test_lite0_stcn_decoder_is_traced_once_although_its_crops_change(fresh_dynamo) -> None:
+    from vostool.models.lite0_stcn.adapter import build as build_lite0_stcn
+
+    frames = gradient_frames(6, HEIGHT, WIDTH)
+    eager, _ = _track(vostool.Tracker(build_lite0_stcn(None, "cpu"), "lite0-stcn", torch.device("cpu")), frames,
+                      {0: _masks()[0]})
+    network = build_lite0_stcn(None, "cpu")
+    units = compile_network(network, backend="eager")
+    assert units == ("backbone", "heads.key", "heads.value", "heads.decoder")
+    labels, seen = _track(vostool.Tracker(network, "lite0-stcn", torch.device("cpu")), frames, {0: _masks()[0]})
+    # Eager, the decoder works on each object's own crop, whose size changes from frame to frame (and
+    # choosing it breaks a graph); compiled, it decodes the whole frame: each unit is one graph, traced once
+    # (the decoder on frame 1, the first one decoded), and no later frame traces anything.
+    assert seen[1:] == [{"graphs": len(units), "traced": len(units)}] * (len(frames) - 1)
+    assert all(np.array_equal(a, b) for a, b in zip(eager, labels))
+
+
 def test_units_are_the_outermost_modules_with_a_forward() -> None:
     from vostool.models.jointformer.network import JointFormerNet
     from vostool.models.propagate_lite0.network import PropagateLite0Net

@@ -64,6 +64,42 @@ def test_dense_windowed_readout_equals_the_streaming_one_and_has_gradients(frame
     assert keys.grad.abs().sum() > 0 and value.grad.abs().sum() > 0
 
 
+def _decoded_on_the_whole_frame(decoder, readout, feats) -> torch.Tensor:
+    """The decoder's output with its correction computed everywhere (what the crop must reproduce)."""
+    from vostool.models.lite0_stcn import network
+
+    prior = torch.nn.functional.interpolate(readout[:, :1], scale_factor=8, mode="bilinear", align_corners=False)
+    gate = torch.nn.functional.interpolate(network._near_cells(readout[:, :1]), scale_factor=8, mode="bilinear",
+                                           align_corners=False)
+    return (torch.logit(prior.clamp(1e-4, 1 - 1e-4)) + decoder.correction(readout, feats)
+            * (gate / network._GATE_LEVEL).clamp(0, 1))
+
+
+@pytest.mark.parametrize(("objects", "per_object_features"), [
+    ([(20, 30, 40, 55)], False),  # one object in the middle of a 60x108-cell frame
+    ([(0, 6, 100, 108), (50, 60, 0, 9)], False),  # two, in opposite corners, each decoded in its own crop
+    ([(0, 6, 100, 108), (50, 60, 0, 9)], True),  # ... with features per object (training's batches)
+    ([(0, 60, 0, 108)], False),  # the whole frame
+    ([], False),  # none: nothing to decode
+])
+def test_the_decoder_decodes_only_near_the_objects_with_the_same_result(objects, per_object_features):
+    from vostool.models.lite0_stcn.network import VALUE_DIM, Lite0Features
+
+    decoder = load_network(shipped_checkpoint_path()).heads.decoder
+    torch.manual_seed(0)
+    h, w = 60, 108  # a 480x864 frame
+    readout = torch.randn(max(len(objects), 1), VALUE_DIM, h, w)
+    readout[:, 0] = 0
+    for index, (top, bottom, left, right) in enumerate(objects):
+        readout[index, 0, top:bottom, left:right] = torch.rand(bottom - top, right - left)
+    batch = readout.shape[0] if per_object_features else 1
+    feats = Lite0Features(torch.randn(batch, 16, 8 * h // 2, 8 * w // 2),
+                          torch.randn(batch, 24, 8 * h // 4, 8 * w // 4), torch.randn(batch, 152, h, w))
+    with torch.no_grad():
+        cropped, whole = decoder(readout, feats), _decoded_on_the_whole_frame(decoder, readout, feats)
+    assert (cropped - whole).abs().max() < 1e-4
+
+
 # J&F of the shipped weights on these davis-mini sequences (README table), minus a margin for BLAS/thread
 # differences.
 JF_FLOORS = {"libby": (49, 0.91)}  # thin legs, fast motion

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +38,10 @@ _HIDDEN = 64
 _PROB_EPS = 1e-4  # readout probabilities are clamped to [eps, 1 - eps] before their logit
 _GATE_CELLS = 2  # the decoder's correction reaches this many stride-8 cells beyond the propagated mask
 _GATE_LEVEL = 0.1  # ... counting cells where it is at least this probability
+# How far the decoder's receptive field reaches, in stride-8 cells rounded up: 38 pixels (the residual block's two
+# 3x3 convolutions and an upsampling at stride 8: 16 + 8; a 3x3 and an upsampling at stride 4: 4 + 4; two 3x3 and
+# the last upsampling at stride 2: 2 + 2 + 2).
+_DECODER_REACH_CELLS = 5
 
 
 @dataclass(frozen=True)
@@ -103,23 +108,75 @@ class Decoder(nn.Module):
 
     def forward(self, readout: torch.Tensor, feats: Lite0Features) -> torch.Tensor:
         """``readout`` (K, VALUE_DIM, h, w) -> foreground logits (K, 1, H, W)."""
+        prior = F.interpolate(readout[:, :1], scale_factor=FEATURE_STRIDE, mode="bilinear", align_corners=False)
+        logits = torch.logit(prior.clamp(_PROB_EPS, 1 - _PROB_EPS))
+        near_cells = _near_cells(readout[:, :1])
+        gate = (F.interpolate(near_cells, scale_factor=FEATURE_STRIDE, mode="bilinear", align_corners=False)
+                / _GATE_LEVEL).clamp(0, 1)
+        if torch.compiler.is_compiling():  # one graph per resolution (--compile): decode the whole frame
+            return logits + self.correction(readout, feats) * gate
+        correction = torch.zeros_like(logits)
+        for k in range(readout.shape[0]):  # each object's own crop: the convolutions cost what its area costs
+            box = _box_to_decode(near_cells[k])
+            if box is None:  # nothing is near this object's propagated mask: its correction is gated off
+                continue
+            cells = np.s_[k : k + 1, :, box[0] : box[1], box[2] : box[3]]
+            own = min(k, feats.f8.shape[0] - 1)  # the frame's features are shared (batch 1) or per object
+            crop = Lite0Features(*(f[_scaled(cells, FEATURE_STRIDE // scale, own)] for f, scale in
+                                   ((feats.f2, 2), (feats.f4, 4), (feats.f8, 8))))
+            correction[_scaled(cells, FEATURE_STRIDE, k)] = self.correction(readout[cells], crop)
+        return logits + correction * gate
+
+    def correction(self, readout: torch.Tensor, feats: Lite0Features) -> torch.Tensor:
+        """The decoder proper: readout and features of a frame (or a crop of one) -> logit corrections."""
         x = self.block8(F.relu(conv_of_concat(self.fuse8, [readout, feats.f8])))
         x = _up(x)
         x = F.relu(self.conv4(F.relu(conv_of_concat(self.fuse4, [x, feats.f4]))))
         x = _up(x)
         x = F.relu(self.conv2(F.relu(conv_of_concat(self.fuse2, [x, feats.f2]))))
-        correction = _up(self.out(x))
-        prior = F.interpolate(readout[:, :1], scale_factor=FEATURE_STRIDE, mode="bilinear", align_corners=False)
-        return torch.logit(prior.clamp(_PROB_EPS, 1 - _PROB_EPS)) + correction * _near_the_object(readout[:, :1])
+        return _up(self.out(x))
 
 
-def _near_the_object(prior: torch.Tensor) -> torch.Tensor:
-    """1 within ``_GATE_CELLS`` cells of where the propagated mask is at least ``_GATE_LEVEL``, fading to 0
-    below: the decoder refines the propagated object, it does not start objects elsewhere (trained
-    without this, it drew every salient thing: a passer-by, a scooter)."""
+def _near_cells(prior: torch.Tensor) -> torch.Tensor:
+    """Per stride-8 cell: the most any cell within ``_GATE_CELLS`` has of the propagated mask, where that is
+    at least the readout's clamp ``_PROB_EPS`` (0 elsewhere: the readout's softmax leaves traces of the object
+    everywhere in reach, which would open the gate a little everywhere). Upsampled and scaled by
+    ``_GATE_LEVEL``, it gates the correction: 1 where that is at least ``_GATE_LEVEL``, fading to 0 below, so
+    the decoder refines the propagated object and does not start objects elsewhere (trained without the gate,
+    it drew every salient thing: a passer-by, a scooter)."""
     near = F.max_pool2d(prior, 2 * _GATE_CELLS + 1, stride=1, padding=_GATE_CELLS)
-    near = F.interpolate(near, scale_factor=FEATURE_STRIDE, mode="bilinear", align_corners=False)
-    return (near / _GATE_LEVEL).clamp(0, 1)
+    return near * (near >= _PROB_EPS)
+
+
+def _box_to_decode(near_cells: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """The cells (top, bottom, left, right; end exclusive) of one object's map (1, h, w) that the decoder must
+    see so that its correction is exact wherever the gate is open; None where the gate is shut everywhere.
+
+    The gate opens at most one cell beyond the cells it is non-zero at (bilinear upsampling), and a
+    correction depends on the inputs within ``_DECODER_REACH_CELLS`` of it, so the box adds both margins;
+    outside it the gate is zero. Cropping at cell boundaries keeps every layer's grid aligned."""
+    rows = near_cells.amax(dim=(0, 2)) > 0
+    if not bool(rows.any()):
+        return None
+    columns = near_cells.amax(dim=(0, 1)) > 0
+    margin = 1 + _DECODER_REACH_CELLS
+    h, w = near_cells.shape[-2:]
+    top, bottom = _span(rows, margin, h)
+    left, right = _span(columns, margin, w)
+    return top, bottom, left, right
+
+
+def _span(occupied: torch.Tensor, margin: int, size: int) -> tuple[int, int]:
+    index = occupied.nonzero()[:, 0]
+    return max(int(index[0]) - margin, 0), min(int(index[-1]) + 1 + margin, size)
+
+
+def _scaled(cells: tuple, factor: int, batch_index: int) -> tuple:
+    """A crop ``np.s_[k : k + 1, :, rows, columns]`` in cells, as the same crop of a map ``factor`` times
+    finer, taken from batch entry ``batch_index``."""
+    rows, columns = cells[2:]
+    return (slice(batch_index, batch_index + 1), slice(None), slice(rows.start * factor, rows.stop * factor),
+            slice(columns.start * factor, columns.stop * factor))
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
