@@ -130,9 +130,29 @@ def test_bench_memory_cap_bounds_the_growth_runs_and_input_video_is_used(tmp_pat
                              frames=50, repeats=1, warmup=0, max_memory_frames=1, growth_frames=(12,), growth_size=32)
     (stcn,) = run_bench(settings).to_dict()["results"]
     assert stcn["frames"] == 5 and stcn["frame_size"] == [40, 72]  # all of a shorter input
+    assert stcn["objects"] == 3  # --objects boxes on a grid
     assert stcn["growth"][0]["memory_frames"] == 1
     # Key (64 ch) + values of 3 objects (512 ch each), float32, on the 2x4 grid of a 32x64 input.
     assert stcn["growth"][0]["memory_bank_bytes"] == (64 + 3 * 512) * 2 * 4 * 4
+
+
+def test_bench_input_with_its_own_mask_tracks_the_mask_objects(tmp_path):
+    from tests.helpers import save_palette_png
+
+    scene = SyntheticScene((40, 72), objects=1, seed=3)
+    scene.encode(tmp_path / "user.mp4", 4)
+    save_palette_png(tmp_path / "first.png", scene.labels(0))
+    settings = BenchSettings(models=("stcn",), device="cpu", input=str(tmp_path / "user.mp4"),
+                             mask=str(tmp_path / "first.png"), size=32, objects=3, frames=4, repeats=1, warmup=0,
+                             growth_frames=())
+    (stcn,) = run_bench(settings).to_dict()["results"]
+    assert stcn["objects"] == 1  # the mask's one object, not --objects 3 (which only the growth runs use)
+    save_palette_png(tmp_path / "small.png", scene.labels(0)[:20])
+    result = runner.invoke(app, ["bench", "--device", "cpu", "-q", "--no-growth", "--input", str(tmp_path / "user.mp4"),
+                                 "--mask", str(tmp_path / "small.png")])
+    assert_one_line_error(result, "small.png")
+    assert_one_line_error(runner.invoke(app, ["bench", "--device", "cpu", "-q", "--mask", str(tmp_path / "first.png")]),
+                          "first.png", "give --input too")
 
 
 def test_bench_text_output_names_both_speeds():

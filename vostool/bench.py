@@ -49,6 +49,7 @@ from .engine.timing import StageTimer
 from .tracker import PreparedFrame, Session, Tracker
 from .errors import InputError, VostoolError
 from .io.frames import FrameSource, open_frames
+from .io.masks import read_mask
 from .io.writers import OverlayWriter, PaletteWriter
 from .models.registry import DEFAULT_MODEL, get_spec, layout_of
 from .pipeline import segment_stream
@@ -78,6 +79,7 @@ class BenchSettings:
     repeats: int | None = None  # timed runs per measurement (default: 3 on CPU, 5 on a GPU)
     warmup: int | None = None  # frames of the untimed warm-up run (default: 3 on CPU, 10 on a GPU)
     input: str | None = None  # a video or frame folder instead of the synthetic clip
+    mask: str | None = None  # with input: its first frame's mask (PNG or RLE JSON) instead of a grid of boxes
     weights: str | None = None  # checkpoint for the (single) model
     max_memory_frames: int | None = None
     growth_frames: tuple[int, ...] = DEFAULT_GROWTH_FRAMES  # () skips the memory-growth runs
@@ -108,6 +110,8 @@ class BenchSettings:
     def check(self) -> None:
         if not self.models:
             raise VostoolError("bench: give at least one --model")
+        if self.mask is not None and self.input is None:
+            raise InputError("--mask is the first-frame mask of --input; give --input too", self.mask)
         for model in self.models:
             get_spec(model)  # unknown names fail before any work
         self.run_settings()  # the options bench shares with segment get segment's validation
@@ -152,6 +156,7 @@ class ModelResult:
     weights_path: str | None
     note: str | None
     frames: int
+    objects: int  # in the first-frame mask (--mask's, or --objects boxes)
     frame_size: list[int]  # (H, W) of the video
     input_size: list[int]  # (H, W) the network sees, padded
     load_seconds: float
@@ -207,6 +212,8 @@ def _bench_input(settings: BenchSettings, workdir: Path, log: Log) -> tuple[Fram
     """The video every model runs on, and a first-frame label map with ``settings.objects`` objects."""
     if settings.input is not None:
         source = open_frames(settings.input)
+        if settings.mask is not None:
+            return source, read_mask(settings.mask, source.size).labels
         return source, grid_objects(source.size, settings.objects)
     short = settings.size if settings.size > 0 else DEFAULT_SIZE
     size = (short, _even(short * 16 / 9))
@@ -271,6 +278,7 @@ def _bench_model(
         weights_path=str(weights) if kind == "file" else None,
         note=note,
         frames=frames,
+        objects=int(np.count_nonzero(np.unique(first_mask))),
         frame_size=list(source.size),
         input_size=list(runner.input_size),
         load_seconds=load_seconds,

@@ -495,7 +495,7 @@ def weights_blend(
 BENCH_JSON_HELP = (
     'JSON (--json, schema "vostool-bench-v1", described in docs/benchmarks.md): {"schema", "vostool", '
     '"machine": {platform, torch, cpu, device, device_name, load_average_1min, ...}, "settings": {the options}, '
-    '"results": [{"model", "weights": bundled|file|synthetic, "note", "frames", "frame_size": [H, W], '
+    '"results": [{"model", "weights": bundled|file|synthetic, "note", "frames", "objects", "frame_size": [H, W], '
     '"input_size": [H, W], "load_seconds", "compile_seconds" (with --compile, else null), '
     '"model_only": {"fps", "fps_runs", "seconds_runs"}, '
     '"end_to_end": {"fps", "fps_runs", "seconds_runs", "open_seconds", "outputs"}, '
@@ -517,6 +517,7 @@ def bench(
     repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Timed runs per measurement (default: 3 on CPU, 5 on a GPU).")] = None,
     warmup: Annotated[Optional[int], typer.Option("--warmup", min=0, help="Frames of the untimed warm-up run (default: 3 on CPU, 10 on a GPU).")] = None,
     input: Annotated[Optional[Path], typer.Option("--input", help="Measure on this video or frame folder instead of a synthetic clip (its first --frames frames).")] = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="With --input: its first frame's mask (PNG or RLE JSON), so the objects are the real ones; without it, --objects boxes on a grid (the memory-growth runs always use --objects).")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint for the (one) model; without it, models that need one run on synthetic weights (speed only).")] = None,
     max_memory_frames: Annotated[Optional[int], typer.Option("--max-memory-frames", help="Cap on memory frames, as in segment.")] = None,
     growth_frames: Annotated[Optional[list[int]], typer.Option("--growth-frames", min=2, help="Video lengths for the memory-growth runs; repeat (default: 100 and 1000).")] = None,
@@ -532,7 +533,7 @@ def bench(
     settings = BenchSettings(
         models=tuple(model or [DEFAULT_MODEL]), device=device, precision=precision, compile=compile, size=size, objects=objects,
         frames=frames, repeats=repeats, warmup=warmup, input=str(input) if input else None,
-        weights=str(weights) if weights else None, max_memory_frames=max_memory_frames,
+        mask=str(mask) if mask else None, weights=str(weights) if weights else None, max_memory_frames=max_memory_frames,
         growth_frames=() if no_growth else tuple(growth_frames or DEFAULT_GROWTH_FRAMES), growth_size=growth_size,
         threads=threads,
     )
