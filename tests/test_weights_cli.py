@@ -93,7 +93,7 @@ def test_blend_errors_name_the_option_or_file_and_keep_the_inputs(tmp_path):
     blend = ["weights", "blend", str(first), str(second)]
     assert_one_line_error(runner.invoke(app, [*blend, "--share", "1.5", "--out", str(tmp_path / "x.pth")]),
                           "--share must be between 0 and 1")
-    assert_one_line_error(runner.invoke(app, [*blend, "--out", str(first)]), "run0.pth", "one of the files being blended")
+    assert_one_line_error(runner.invoke(app, [*blend, "--out", str(first)]), "run0.pth", "would overwrite the FIRST input")
     assert first.read_bytes() == before
     assert_one_line_error(runner.invoke(app, [*blend, "--out", str(tmp_path / "x.pth"), "--model", "stcn"]), "run0.pth")
     not_weights = tmp_path / "notes.pth"

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from vostool.errors import ModelError
+from vostool.errors import InputError, ModelError
 from vostool.io.writers import atomic_path
 
 # How many key names a mismatch message lists per category before it says "...".
@@ -77,6 +77,17 @@ def save_checkpoint(path: str | Path, state: Mapping[str, torch.Tensor]) -> None
     torch.save({name: tensor.detach().cpu() for name, tensor in state.items()}, buffer)
     with atomic_path(path) as temp:
         temp.write_bytes(buffer.getvalue())
+
+
+def check_weights_destination(out: Path, kind: str) -> None:
+    """InputError unless ``out`` can take a new ``kind`` ("trained", "blended") weights file: a ``.pth`` name,
+    not a folder, in a folder that exists."""
+    if out.suffix != ".pth":
+        raise InputError(f"the {kind} weights file must end in .pth", out)
+    if out.is_dir():
+        raise InputError("is a folder; --out names the weights file to write", out)
+    if not out.parent.is_dir():
+        raise InputError("folder does not exist", out.parent)
 
 
 def _read_head(path: Path) -> bytes:

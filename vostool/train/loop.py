@@ -30,7 +30,7 @@ from torch import nn
 from vostool.api import resolve_device
 from vostool.errors import InputError, ModelError
 from vostool.io.writers import atomic_path
-from vostool.models.checkpoint import save_checkpoint
+from vostool.models.checkpoint import check_weights_destination, save_checkpoint
 from vostool.train.curve import draw_loss_curve
 from vostool.train.data import SamplerSettings, TripletSampler, find_clips
 from vostool.train.loss import bootstrapped_cross_entropy, hard_pixel_fraction
@@ -201,16 +201,11 @@ def _batch(sampler: TripletSampler, size: int, device: torch.device) -> tuple[to
 
 
 def _check_out(out: Path, data: Path, masks: str | Path | None) -> None:
-    if out.suffix != ".pth":
-        raise InputError("the trained weights file must end in .pth", out)
-    if out.is_dir():
-        raise InputError("is a folder; --out names the weights file to write", out)
+    check_weights_destination(out, "trained")
     resolved = out.resolve()
     for source in (data, Path(masks) if masks else None):
         if source is not None and resolved.is_relative_to(source.resolve()):
             raise InputError(f"is inside the training data {source}; write the weights elsewhere", out)
-    if not out.parent.is_dir():
-        raise InputError("folder does not exist", out.parent)
 
 
 def _check_settings(settings: TrainSettings) -> None:

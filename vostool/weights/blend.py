@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vostool.errors import InputError
+from vostool.io.guard import refuse_overwriting_inputs
 from vostool.weights.verify import LayoutProvider, default_layout_of, load_verified
 
 if TYPE_CHECKING:  # listing checkpoints (this package) must not import torch
@@ -36,14 +37,15 @@ def blend_checkpoints(
     first, second, out = Path(first), Path(second), Path(out)
     if not 0 <= share <= 1:
         raise InputError(f"--share must be between 0 and 1 (got {share})")
-    _check_out(out, (first, second))
+    # Imported here: the models package (torch) is heavier than this one, which listing checkpoints imports.
+    from vostool.models.checkpoint import check_weights_destination, save_checkpoint
+
+    check_weights_destination(out, "blended")
+    refuse_overwriting_inputs({"FIRST": first, "SECOND": second}, {"--out": out})
     layout_of = layout_of or default_layout_of
     a = load_verified(first, model, layout_of)
     b = load_verified(second, model, layout_of)
-    blended = {name: _average(tensor, b[name], share) for name, tensor in a.items()}
-    from vostool.models.checkpoint import save_checkpoint  # the models package is heavier than this one
-
-    save_checkpoint(out, blended)
+    save_checkpoint(out, {name: _average(tensor, b[name], share) for name, tensor in a.items()})
     return out
 
 
@@ -52,14 +54,3 @@ def _average(a: torch.Tensor, b: torch.Tensor, share: float) -> torch.Tensor:
         return a
     return ((1 - share) * a.float() + share * b.float()).to(a.dtype)
 
-
-def _check_out(out: Path, inputs: tuple[Path, Path]) -> None:
-    if out.suffix != ".pth":
-        raise InputError("the blended weights file must end in .pth", out)
-    if out.is_dir():
-        raise InputError("is a folder; --out names the weights file to write", out)
-    if not out.parent.is_dir():
-        raise InputError("folder does not exist", out.parent)
-    for source in inputs:
-        if out.resolve() == source.resolve():
-            raise InputError("is one of the files being blended; write the blend to a new file", out)
