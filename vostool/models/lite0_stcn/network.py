@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,11 +121,10 @@ class Decoder(nn.Module):
             box = _box_to_decode(near_cells[k])
             if box is None:  # nothing is near this object's propagated mask: its correction is gated off
                 continue
-            cells = np.s_[k : k + 1, :, box[0] : box[1], box[2] : box[3]]
             own = min(k, feats.f8.shape[0] - 1)  # the frame's features are shared (batch 1) or per object
-            crop = Lite0Features(*(f[_scaled(cells, FEATURE_STRIDE // scale, own)] for f, scale in
+            crop = Lite0Features(*(f[_crop(box, FEATURE_STRIDE // scale, own)] for f, scale in
                                    ((feats.f2, 2), (feats.f4, 4), (feats.f8, 8))))
-            correction[_scaled(cells, FEATURE_STRIDE, k)] = self.correction(readout[cells], crop)
+            correction[_crop(box, FEATURE_STRIDE, k)] = self.correction(readout[_crop(box, 1, k)], crop)
         return logits + correction * gate
 
     def correction(self, readout: torch.Tensor, feats: Lite0Features) -> torch.Tensor:
@@ -173,12 +171,11 @@ def _span(occupied: torch.Tensor, margin: int, size: int) -> tuple[int, int]:
     return max(int(index[0]) - margin, 0), min(int(index[-1]) + 1 + margin, size)
 
 
-def _scaled(cells: tuple, factor: int, batch_index: int) -> tuple:
-    """A crop ``np.s_[k : k + 1, :, rows, columns]`` in cells, as the same crop of a map ``factor`` times
-    finer, taken from batch entry ``batch_index``."""
-    rows, columns = cells[2:]
-    return (slice(batch_index, batch_index + 1), slice(None), slice(rows.start * factor, rows.stop * factor),
-            slice(columns.start * factor, columns.stop * factor))
+def _crop(box: tuple[int, int, int, int], factor: int, batch_index: int) -> tuple[slice, ...]:
+    """The index of the cells ``box`` (top, bottom, left, right) in batch entry ``batch_index`` of a map
+    ``factor`` times finer than the cell grid, batch and channel axes kept."""
+    top, bottom, left, right = (side * factor for side in box)
+    return slice(batch_index, batch_index + 1), slice(None), slice(top, bottom), slice(left, right)
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:

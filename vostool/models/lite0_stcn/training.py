@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from vostool.models.common import fold_batchnorms
 from vostool.models.lite0_stcn.network import Lite0STCNNet, propagate_sample
 
 
@@ -16,14 +15,13 @@ class Lite0STCNTrainer:
     zero decoder correction: propagate-lite0's masks)."""
 
     def __init__(self, weights: Path | None, device: torch.device) -> None:
-        from vostool.models.lite0_stcn.adapter import load_network
+        from vostool.models.lite0_stcn.adapter import Lite0STCNAdapter, load_network
 
-        self.net: Lite0STCNNet = load_network(weights).to(device)
-        # Frozen: BatchNorm statistics stay ImageNet's, so the backbone runs as at inference: BatchNorms folded
-        # into their convolutions and channels_last (about a third of a training step is the backbone).
-        backbone = self.net.backbone.eval()
-        fold_batchnorms(backbone)
-        backbone.to(memory_format=torch.channels_last).requires_grad_(False)
+        # Frozen, so its BatchNorm statistics stay ImageNet's: the backbone runs exactly as the adapter sets it
+        # up for inference (BatchNorms folded into their convolutions, channels_last; about a third of a
+        # training step is the backbone). The loop puts the heads back in training mode.
+        self.net: Lite0STCNNet = Lite0STCNAdapter(load_network(weights), device).net
+        self.net.backbone.requires_grad_(False)
         self.trained = self.net.heads
 
     def forward(self, frames: torch.Tensor, masks: torch.Tensor) -> Sequence[torch.Tensor]:
