@@ -64,6 +64,36 @@ def test_dense_windowed_readout_equals_the_streaming_one_and_has_gradients(frame
     assert keys.grad.abs().sum() > 0 and value.grad.abs().sum() > 0
 
 
+def _autograd_through_the_dense_affinity(mem_key, mem_value, query_key, *, top_k, radius, temperature):
+    """The readout as written before its backward pass was made sparse: every op on the dense affinity."""
+    batch, frames, _, h, w = mem_key.shape
+    affinity = torch.einsum("btcn,bcm->btnm", mem_key.flatten(3), query_key.flatten(2)) / temperature
+    rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+    outside = ((rows[:, None] - rows[None]).abs() > radius) | ((cols[:, None] - cols[None]).abs() > radius)
+    scores, indices = affinity.masked_fill(outside, float("-inf")).view(batch, frames * h * w, h * w).topk(top_k, 1)
+    values = mem_value.flatten(3).transpose(1, 2).flatten(2)
+    picked = values.gather(2, indices.view(batch, 1, -1).expand(-1, values.shape[1], -1))
+    return (picked.view(batch, values.shape[1], top_k, h * w) * torch.softmax(scores, 1)[:, None]).sum(2)
+
+
+def test_dense_readout_gradients_equal_autograd_through_the_whole_affinity():
+    torch.manual_seed(3)
+    batch, frames, channels, h, w, values = 2, 2, 12, 9, 11, 4
+    inputs = (torch.nn.functional.normalize(torch.randn(batch, frames, channels, h, w), dim=2),
+              torch.rand(batch, frames, values, h, w),
+              torch.nn.functional.normalize(torch.randn(batch, channels, h, w), dim=1),
+              torch.tensor(0.1).log())
+    results = []
+    for readout in (dense_local_topk_readout, _autograd_through_the_dense_affinity):
+        leaves = [tensor.clone().requires_grad_() for tensor in inputs]
+        read = readout(*leaves[:3], top_k=6, radius=3, temperature=leaves[3].exp()).reshape(batch, values, -1)
+        (read * torch.linspace(-1, 2, read.numel()).view_as(read)).sum().backward()  # every output weighs
+        results.append([read.detach(), *(leaf.grad for leaf in leaves)])
+    for ours, reference in zip(*results):
+        assert ours.abs().sum() > 0
+        assert torch.allclose(ours, reference, atol=1e-5, rtol=1e-4)
+
+
 def _decoded_on_the_whole_frame(decoder, readout, feats) -> torch.Tensor:
     """The decoder's output with its correction computed everywhere (what the crop must reproduce)."""
     from vostool.models.lite0_stcn import network

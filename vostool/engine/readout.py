@@ -151,25 +151,40 @@ def dense_local_topk_readout(
     mem_key: torch.Tensor, mem_value: torch.Tensor, query_key: torch.Tensor, *, top_k: int, radius: int,
     temperature: float | torch.Tensor,
 ) -> torch.Tensor:
-    """:func:`local_topk_readout` for a batch, built as a dense masked affinity: the reference form, and
-    differentiable (training reads memory through it; its gradient reaches keys, temperature and values).
+    """:func:`local_topk_readout` for a batch, picking from a dense masked affinity, and differentiable
+    (training reads memory through it; its gradient reaches keys, query, temperature and values).
 
     ``mem_key`` (B, T, C, h, w), ``mem_value`` (B, T, V, h, w), ``query_key`` (B, C, h, w) -> (B, V, h, w).
     Scratch grows with (T h w) x (h w), which is fine for training crops, not for whole videos.
     """
     batch, frames, channels, h, w = mem_key.shape
     cells = h * w
-    affinity = torch.einsum("btcn,bcm->btnm", mem_key.flatten(3), query_key.flatten(2)) / temperature
-    rows = torch.arange(h, device=mem_key.device).repeat_interleave(w)
-    cols = torch.arange(w, device=mem_key.device).repeat(h)
-    outside = ((rows[:, None] - rows[None]).abs() > radius) | ((cols[:, None] - cols[None]).abs() > radius)
-    affinity = affinity.masked_fill(outside, float("-inf")).view(batch, frames * cells, cells)
-    scores, indices = affinity.topk(top_k, dim=1)  # (B, k, hw)
-    weights = torch.softmax(scores, dim=1)
-    values = mem_value.flatten(3).transpose(1, 2).flatten(2)  # (B, V, T*hw)
-    picked = values.gather(2, indices.view(batch, 1, -1).expand(-1, values.shape[1], -1))
-    read = (picked.view(batch, values.shape[1], top_k, cells) * weights[:, None]).sum(dim=2)
-    return read.view(batch, -1, h, w)
+    keys = mem_key.transpose(1, 2).flatten(2)  # (B, C, T*hw)
+    query = query_key.flatten(2)  # (B, C, hw)
+    # Which keys each query picks needs no gradient (dividing by the positive temperature keeps the order);
+    # only the picked scores do, so they are recomputed from the picked keys with autograd on. The backward
+    # pass then touches top_k keys per query instead of the dense (T hw) x hw affinity, most of a training step.
+    with torch.no_grad():
+        rows = torch.arange(h, device=mem_key.device).repeat_interleave(w)
+        cols = torch.arange(w, device=mem_key.device).repeat(h)
+        outside = ((rows[:, None] - rows[None]).abs() > radius) | ((cols[:, None] - cols[None]).abs() > radius)
+        # query-major, so that top-k runs along contiguous memory
+        affinity = torch.einsum("bcm,bcn->bmn", query, keys).view(batch, cells, frames, cells)
+        indices = affinity.masked_fill_(outside[:, None], float("-inf")).view(batch, cells, frames * cells).topk(
+            top_k, dim=-1).indices  # (B, hw, k)
+    # Per query, its top_k keys and values as rows: one index_select over the rows of all batches picks them,
+    # and the scores and the weighted sum are small per-query products (much faster than gathers along
+    # a strided dimension, forwards and backwards).
+    rows_of_batch = torch.arange(batch, device=indices.device).view(batch, 1, 1) * (frames * cells)
+    picks = (indices + rows_of_batch).reshape(-1)  # (B hw k,)
+    per_query = query.transpose(1, 2).reshape(batch * cells, channels)
+    picked_keys = keys.transpose(1, 2).reshape(-1, channels).index_select(0, picks).view(-1, top_k, channels)
+    weights = torch.softmax(torch.einsum("nkc,nc->nk", picked_keys, per_query) / temperature, dim=1)
+    value_dim = mem_value.shape[2]
+    values = mem_value.permute(0, 1, 3, 4, 2).reshape(-1, value_dim)  # rows in the keys' (B, T, h, w) order
+    picked_values = values.index_select(0, picks).view(-1, top_k, value_dim)
+    read = torch.einsum("nkv,nk->nv", picked_values, weights).view(batch, cells, value_dim)
+    return read.transpose(1, 2).reshape(batch, value_dim, h, w)
 
 
 PASS_BYTES = 64 << 20  # float32 score buffer of the strips that go through each step together
