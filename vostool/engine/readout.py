@@ -158,9 +158,12 @@ def dense_local_topk_readout(
     Scratch grows with (T h w) x (h w), which is fine for training crops, not for whole videos.
     """
     batch, frames, channels, h, w = mem_key.shape
+    value_dim = mem_value.shape[2]
     cells = h * w
-    keys = mem_key.transpose(1, 2).flatten(2)  # (B, C, T*hw)
-    query = query_key.flatten(2)  # (B, C, hw)
+    # keys, values and queries as rows, in (B, T, h, w) order: what the picking below indexes
+    key_rows = mem_key.permute(0, 1, 3, 4, 2).reshape(batch, frames * cells, channels)
+    value_rows = mem_value.permute(0, 1, 3, 4, 2).reshape(batch * frames * cells, value_dim)
+    query_rows = query_key.permute(0, 2, 3, 1).reshape(batch, cells, channels)
     # Which keys each query picks needs no gradient (dividing by the positive temperature keeps the order);
     # only the picked scores do, so they are recomputed from the picked keys with autograd on. The backward
     # pass then touches top_k keys per query instead of the dense (T hw) x hw affinity, most of a training step.
@@ -169,20 +172,18 @@ def dense_local_topk_readout(
         cols = torch.arange(w, device=mem_key.device).repeat(h)
         outside = ((rows[:, None] - rows[None]).abs() > radius) | ((cols[:, None] - cols[None]).abs() > radius)
         # query-major, so that top-k runs along contiguous memory
-        affinity = torch.einsum("bcm,bcn->bmn", query, keys).view(batch, cells, frames, cells)
+        affinity = torch.einsum("bmc,bnc->bmn", query_rows, key_rows).view(batch, cells, frames, cells)
         indices = affinity.masked_fill_(outside[:, None], float("-inf")).view(batch, cells, frames * cells).topk(
             top_k, dim=-1).indices  # (B, hw, k)
-    # Per query, its top_k keys and values as rows: one index_select over the rows of all batches picks them,
-    # and the scores and the weighted sum are small per-query products (much faster than gathers along
-    # a strided dimension, forwards and backwards).
+    # Per query, its top_k keys and values: one index_select over the rows of all batches picks them, and
+    # the scores and the weighted sum are small per-query products (much faster than gathers along a
+    # strided dimension, forwards and backwards).
     rows_of_batch = torch.arange(batch, device=indices.device).view(batch, 1, 1) * (frames * cells)
     picks = (indices + rows_of_batch).reshape(-1)  # (B hw k,)
-    per_query = query.transpose(1, 2).reshape(batch * cells, channels)
-    picked_keys = keys.transpose(1, 2).reshape(-1, channels).index_select(0, picks).view(-1, top_k, channels)
-    weights = torch.softmax(torch.einsum("nkc,nc->nk", picked_keys, per_query) / temperature, dim=1)
-    value_dim = mem_value.shape[2]
-    values = mem_value.permute(0, 1, 3, 4, 2).reshape(-1, value_dim)  # rows in the keys' (B, T, h, w) order
-    picked_values = values.index_select(0, picks).view(-1, top_k, value_dim)
+    picked_keys = key_rows.reshape(-1, channels).index_select(0, picks).view(-1, top_k, channels)
+    scores = torch.einsum("nkc,nc->nk", picked_keys, query_rows.reshape(-1, channels))
+    weights = torch.softmax(scores / temperature, dim=1)
+    picked_values = value_rows.index_select(0, picks).view(-1, top_k, value_dim)
     read = torch.einsum("nkv,nk->nv", picked_values, weights).view(batch, cells, value_dim)
     return read.transpose(1, 2).reshape(batch, value_dim, h, w)
 
